@@ -1,0 +1,198 @@
+"""Native CPU scan: a JIT-compiled loop, sequential in time, parallel over batch and channels.
+
+Why numba rather than a C++ extension: the recurrence is memory-bound, so the kernel only has
+to stream a, b and h once with vectorised inner loops, which numba's LLVM backend does; it
+needs no C++ toolchain at install time, compiles each dtype on first use (cached on disk), and
+supports complex64/complex128 natively. Work is split over threads by (batch, channel-chunk)
+jobs so that every thread owns whole time series and no two threads write the same element.
+
+The backward kernel is fused: one reverse pass computes dL/db (the reverse scan), dL/da
+(accumulated in place when a is constant in time) and dL/dh0, reading only a, h and h0.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import sys
+
+import torch
+from torch import Tensor
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
+    numba = None
+
+AVAILABLE = numba is not None
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+def _load_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_madvise = _load_madvise()
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+if AVAILABLE:
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _forward_kernel(a, b, h0, h, reverse, chunk):  # pragma: no cover - compiled
+        B, T, M = b.shape
+        step_b = 1 if a.shape[0] > 1 else 0
+        step_t = 1 if a.shape[1] > 1 else 0
+        n_chunks = (M + chunk - 1) // chunk
+        for job in prange(B * n_chunks):
+            ib = job // n_chunks
+            m0 = (job % n_chunks) * chunk
+            m1 = min(m0 + chunk, M)
+            iba = ib * step_b
+            # Channels run in the same direction as time so that every stream is monotonic,
+            # which keeps the hardware prefetcher on track (measured 1.4x on descending scans).
+            ms, me, md = (m1 - 1, m0 - 1, -1) if reverse else (m0, m1, 1)
+            t = T - 1 if reverse else 0
+            ta = t * step_t
+            for m in range(ms, me, md):
+                h[ib, t, m] = a[iba, ta, m] * h0[ib, m] + b[ib, t, m]
+            for k in range(1, T):
+                t = T - 1 - k if reverse else k
+                tp = t + 1 if reverse else t - 1
+                ta = t * step_t
+                for m in range(ms, me, md):
+                    h[ib, t, m] = a[iba, ta, m] * h[ib, tp, m] + b[ib, t, m]
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _backward_kernel(a, h, h0, gh, g, da, dh0, reverse, chunk):  # pragma: no cover
+        B, T, M = h.shape
+        step_b = 1 if a.shape[0] > 1 else 0
+        step_t = 1 if a.shape[1] > 1 else 0
+        n_chunks = (M + chunk - 1) // chunk
+        for job in prange(B * n_chunks):
+            ib = job // n_chunks
+            m0 = (job % n_chunks) * chunk
+            m1 = min(m0 + chunk, M)
+            iba = ib * step_b
+            # The backward pass walks time in the opposite direction of the forward one.
+            ms, me, md = (m0, m1, 1) if reverse else (m1 - 1, m0 - 1, -1)
+            if step_t == 0:
+                # a is constant in time: dL/da accumulates over every step.
+                for m in range(ms, me, md):
+                    da[ib, 0, m] = 0
+            # k indexes scan order; position p_k = k (forward) or T-1-k (reverse).
+            for k in range(T - 1, -1, -1):
+                t = T - 1 - k if reverse else k
+                ta = t * step_t
+                if k == T - 1:
+                    for m in range(ms, me, md):
+                        g[ib, t, m] = gh[ib, t, m]
+                else:
+                    tn = t - 1 if reverse else t + 1
+                    tna = tn * step_t
+                    for m in range(ms, me, md):
+                        g[ib, t, m] = gh[ib, t, m] + a[iba, tna, m].conjugate() * g[ib, tn, m]
+                if k == 0:
+                    for m in range(ms, me, md):
+                        contribution = g[ib, t, m] * h0[ib, m].conjugate()
+                        da[ib, ta, m] = contribution + (da[ib, ta, m] if step_t == 0 else 0)
+                else:
+                    tp = t + 1 if reverse else t - 1
+                    if step_t == 0:
+                        for m in range(ms, me, md):
+                            da[ib, 0, m] += g[ib, t, m] * h[ib, tp, m].conjugate()
+                    else:
+                        for m in range(ms, me, md):
+                            da[ib, t, m] = g[ib, t, m] * h[ib, tp, m].conjugate()
+            t0 = T - 1 if reverse else 0
+            for m in range(m0, m1):
+                dh0[ib, m] = a[iba, t0 * step_t, m].conjugate() * g[ib, t0, m]
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """torch.empty, with large buffers advised to use transparent huge pages.
+
+    A fresh multi-megabyte buffer is page-faulted in 4 KiB pages on first write; for the
+    scan's outputs that cost more than the scan itself (measured: 21 ms vs 4.5 ms to fault in
+    64 MiB). Advice only: where madvise is unavailable nothing changes.
+    """
+    out = torch.empty(shape, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if _madvise is not None and nbytes >= _HUGE_PAGE * 2:
+        start = (out.data_ptr() + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        end = (out.data_ptr() + nbytes) & ~(_HUGE_PAGE - 1)
+        if end > start:
+            _madvise(start, end - start, _MADV_HUGEPAGE)
+    return out
+
+
+def _chunk_size(batch: int, channels: int) -> int:
+    # Long contiguous rows stream best (measured: chunks of 64 channels ran 4x slower than 256),
+    # so channels are split only as far as needed to give every thread at least two jobs.
+    threads = numba.get_num_threads() if AVAILABLE else 1
+    wanted_chunks = max(1, math.ceil(2 * threads / max(batch, 1)))
+    n_chunks = max(1, min(wanted_chunks, math.ceil(channels / 64)))
+    return max(1, math.ceil(channels / n_chunks))
+
+
+def _check(t: Tensor) -> None:
+    if not AVAILABLE:
+        raise RuntimeError("the 'native' scan backend needs numba: pip install numba")
+    if t.device.type != "cpu":
+        raise RuntimeError(f"the 'native' scan backend runs on CPU tensors, got device {t.device}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise RuntimeError(f"the 'native' scan backend does not support dtype {t.dtype}")
+
+
+def native_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
+    """Forward scan of (B, T, M) tensors; a: (B or 1, T or 1, M); h0: (B, M)."""
+    _check(b)
+    a, b, h0 = a.contiguous(), b.contiguous(), h0.contiguous()
+    h = _empty(tuple(b.shape), b.dtype)
+    _forward_kernel(
+        a.numpy(), b.numpy(), h0.numpy(), h.numpy(), reverse, _chunk_size(b.shape[0], b.shape[2])
+    )
+    return h
+
+
+def native_scan_backward(
+    a: Tensor, h: Tensor, h0: Tensor, gh: Tensor, reverse: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (dL/db, dL/da of shape (B, Ta, M), dL/dh0) for the scan that produced h."""
+    _check(h)
+    a, h, h0, gh = a.contiguous(), h.contiguous(), h0.contiguous(), gh.contiguous()
+    g = _empty(tuple(h.shape), h.dtype)
+    da = _empty((h.shape[0], a.shape[1], h.shape[2]), h.dtype)
+    dh0 = torch.empty_like(h0)
+    _backward_kernel(
+        a.numpy(),
+        h.numpy(),
+        h0.numpy(),
+        gh.numpy(),
+        g.numpy(),
+        da.numpy(),
+        dh0.numpy(),
+        reverse,
+        _chunk_size(h.shape[0], h.shape[2]),
+    )
+    return g, da, dh0
+
+
+def warm_up() -> None:
+    """Compiles the kernels for every supported dtype (they are cached on disk afterwards)."""
+    for dtype in SUPPORTED_DTYPES:
+        x = torch.ones(1, 2, 1, dtype=dtype)
+        h = native_scan(x, x, x[:, 0])
+        native_scan_backward(x, h, x[:, 0], x)
+
+
+__all__ = ["AVAILABLE", "SUPPORTED_DTYPES", "native_scan", "native_scan_backward", "warm_up"]

@@ -1,0 +1,213 @@
+"""The contract every recurrent unit follows, and the unit registry.
+
+A unit is an `nn.Module` with
+    forward(x, state=None) -> (y, state)     x: (B, T, D)  -> y: (B, T, H)
+    step(x_t, state)       -> (y_t, state)   x_t: (B, D)   -> y_t: (B, H)
+    init_state(batch_size, device=None, dtype=None) -> State (a NamedTuple)
+and, where its math allows, `mode="parallel" | "recurrent"`. `RecurrentUnit` implements the
+input and state checks, the mode switch and the step-by-step forward once, so that a unit only
+writes `init_state`, `step` and (when it has one) `_forward_parallel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+# Parameters carrying this attribute (set to True) are excluded from weight decay.
+NO_WEIGHT_DECAY = "_memrnn_no_weight_decay"
+
+UNITS: dict[str, type[RecurrentUnit]] = {}
+
+
+def register_unit(name: str) -> Callable[[type[RecurrentUnit]], type[RecurrentUnit]]:
+    """Class decorator adding a unit to the registry read by models, tests and benchmarks."""
+
+    def decorate(cls: type[RecurrentUnit]) -> type[RecurrentUnit]:
+        if name in UNITS and UNITS[name] is not cls:
+            raise ValueError(f"unit name {name!r} is already registered by {UNITS[name].__name__}")
+        UNITS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return decorate
+
+
+def mark_no_weight_decay(*params: nn.Parameter) -> None:
+    """Marks recurrence parameters (decays, thresholds, ...) that must not be weight-decayed."""
+    for p in params:
+        setattr(p, NO_WEIGHT_DECAY, True)
+
+
+def is_no_weight_decay(param: Tensor) -> bool:
+    return bool(getattr(param, NO_WEIGHT_DECAY, False))
+
+
+def check_positive_int(name: str, value: Any, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: `{name}` must be a positive int, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...], owner: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{owner}: unknown {name} {value!r}; expected one of {choices}")
+    return value
+
+
+class RecurrentUnit(nn.Module):
+    """Base class: shared checks, the mode switch, and a step-by-step forward.
+
+    Subclasses set `modes` (the first is the default) and implement `init_state` (returning
+    their State NamedTuple), `_step` (the unchecked step) and, if "parallel" is among their
+    modes, `_forward_parallel`. `forward` and `step` check their arguments, then dispatch.
+    """
+
+    modes: tuple[str, ...] = ("parallel", "recurrent")
+    registry_name: str = ""
+
+    def __init__(
+        self, input_size: int, hidden_size: int, output_size: int | None = None,
+        mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.input_size = check_positive_int("input_size", input_size, owner)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size, owner)
+        self.output_size = (
+            hidden_size if output_size is None else check_positive_int("output_size", output_size, owner)
+        )
+        self._mode = self.modes[0]
+        self.mode = self.modes[0] if mode is None else mode
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in self.modes:
+            only = f" ({type(self).__name__} is recurrent-only)" if self.modes == ("recurrent",) else ""
+            raise ValueError(
+                f"{type(self).__name__}: unknown mode {value!r}; expected one of {self.modes}{only}"
+            )
+        self._mode = value
+
+    # -- to implement -------------------------------------------------------------------------
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> NamedTuple:
+        raise NotImplementedError
+
+    def _forward_parallel(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    def _param_dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.get_default_dtype()
+
+    def _param_device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def check_input(self, x: Any, name: str = "x") -> Tensor:
+        """x must be a floating (B, T, input_size) tensor."""
+        owner = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{owner}: `{name}` must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{owner}: `{name}` must have shape (B, T, {self.input_size}); got {tuple(x.shape)}"
+            )
+        if x.shape[1] == 0:
+            raise ValueError(f"{owner}: `{name}` has T = 0 time steps; expected T >= 1")
+        if not x.is_floating_point():
+            raise TypeError(f"{owner}: `{name}` must be floating point, got {x.dtype}")
+        return x
+
+    def check_step_input(self, x_t: Any, name: str = "x_t") -> Tensor:
+        """x_t must be a floating (B, input_size) tensor."""
+        owner = type(self).__name__
+        if not isinstance(x_t, Tensor):
+            raise TypeError(f"{owner}: `{name}` must be a torch.Tensor, got {type(x_t).__name__}")
+        if x_t.dim() != 2 or x_t.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{owner}: `{name}` must have shape (B, {self.input_size}); got {tuple(x_t.shape)}"
+            )
+        if not x_t.is_floating_point():
+            raise TypeError(f"{owner}: `{name}` must be floating point, got {x_t.dtype}")
+        return x_t
+
+    def check_state(self, state: Any, batch_size: int) -> NamedTuple:
+        """state must be this unit's State NamedTuple with the shapes init_state gives."""
+        owner = type(self).__name__
+        expected = self.init_state(batch_size, device="meta")
+        if not isinstance(state, type(expected)):
+            raise TypeError(
+                f"{owner}: `state` must be a {type(expected).__name__} (from init_state or a "
+                f"previous call), got {type(state).__name__}"
+            )
+        for field, ref, got in zip(expected._fields, expected, state, strict=True):
+            ref_shape = getattr(ref, "shape", None)
+            got_shape = getattr(got, "shape", None)
+            if ref_shape != got_shape:
+                raise ValueError(
+                    f"{owner}: state.{field} has shape {None if got_shape is None else tuple(got_shape)}; "
+                    f"expected {tuple(ref_shape) if ref_shape is not None else None}"
+                )
+        return state
+
+    def forward(self, x: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
+        x = self.check_input(x)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        else:
+            state = self.check_state(state, x.shape[0])
+        if self.mode == "parallel":
+            return self._forward_parallel(x, state)
+        return self._forward_recurrent(x, state)
+
+    def _forward_recurrent(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
+        ys = []
+        for x_t in x.unbind(1):
+            y_t, state = self._step(x_t, state)
+            ys.append(y_t)
+        return torch.stack(ys, dim=1), state
+
+    def _step(self, x_t: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
+        """The unchecked step; `step` checks its arguments and calls this."""
+        raise NotImplementedError
+
+    def step(self, x_t: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
+        x_t = self.check_step_input(x_t)
+        if state is None:
+            state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
+        else:
+            state = self.check_state(state, x_t.shape[0])
+        return self._step(x_t, state)
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"output_size={self.output_size}, mode={self.mode!r}"
+        )
+
+
+__all__ = [
+    "NO_WEIGHT_DECAY",
+    "UNITS",
+    "RecurrentUnit",
+    "check_choice",
+    "check_positive_int",
+    "is_no_weight_decay",
+    "mark_no_weight_decay",
+    "register_unit",
+]

@@ -23,14 +23,19 @@ NO_WEIGHT_DECAY = "_memrnn_no_weight_decay"
 UNITS: dict[str, type[RecurrentUnit]] = {}
 
 
-def register_unit(name: str) -> Callable[[type[RecurrentUnit]], type[RecurrentUnit]]:
-    """Class decorator adding a unit to the registry read by models, tests and benchmarks."""
+def register_unit(name: str, **example_kwargs: Any) -> Callable[[type[RecurrentUnit]], type[RecurrentUnit]]:
+    """Class decorator adding a unit to the registry read by models, tests and benchmarks.
+
+    `example_kwargs` are the extra constructor arguments (beyond input_size, hidden_size) that
+    registry-driven tests and benchmarks pass, for units with required hyperparameters.
+    """
 
     def decorate(cls: type[RecurrentUnit]) -> type[RecurrentUnit]:
         if name in UNITS and UNITS[name] is not cls:
             raise ValueError(f"unit name {name!r} is already registered by {UNITS[name].__name__}")
         UNITS[name] = cls
         cls.registry_name = name
+        cls.example_kwargs = dict(example_kwargs)
         return cls
 
     return decorate
@@ -68,6 +73,7 @@ class RecurrentUnit(nn.Module):
 
     modes: tuple[str, ...] = ("parallel", "recurrent")
     registry_name: str = ""
+    example_kwargs: dict[str, Any] = {}  # noqa: RUF012 - replaced per class by register_unit
 
     def __init__(
         self, input_size: int, hidden_size: int, output_size: int | None = None,

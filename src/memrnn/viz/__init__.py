@@ -1,0 +1,1 @@
+"""Plots: learning curves, hidden-state traces and heatmaps, spike rasters."""

@@ -21,12 +21,17 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).resolve().parent,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, cwd=Path(__file__).resolve().parent,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -72,7 +77,11 @@ def _sync(device: torch.device | None) -> None:
 
 
 def time_fn(
-    fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, max_seconds: float = 30.0,
+    fn: Callable[[], Any],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    max_seconds: float = 30.0,
     device: torch.device | None = None,
 ) -> float:
     """Median wall time of fn() in seconds, after warm-up; stops early past max_seconds."""
@@ -92,7 +101,10 @@ def time_fn(
 
 
 def write_results(
-    name: str, rows: Sequence[dict[str, Any]], info: dict[str, Any], out_dir: Path | None = None,
+    name: str,
+    rows: Sequence[dict[str, Any]],
+    info: dict[str, Any],
+    out_dir: Path | None = None,
 ) -> tuple[Path, Path]:
     """Writes rows as CSV and {machine, rows} as JSON under benchmarks/results/."""
     out_dir = out_dir or RESULTS_DIR

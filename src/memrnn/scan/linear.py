@@ -124,8 +124,10 @@ def _probe(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
         h_ref = reference_scan(a, b, h0)
         ref_a, ref_b = torch.autograd.grad(h_ref.abs().sum(), (a, b))
         tol = 1e-3 if dtype in (torch.float32, torch.complex64) else 1e-8
-        ok = all(torch.allclose(x, y, atol=tol, rtol=tol) for x, y in
-                 ((h, h_ref), (grad_a, ref_a), (grad_b, ref_b)))
+        ok = all(
+            torch.allclose(x, y, atol=tol, rtol=tol)
+            for x, y in ((h, h_ref), (grad_a, ref_a), (grad_b, ref_b))
+        )
     except Exception as err:  # noqa: BLE001 - any failure means "not usable here"
         log.debug("scan backend %r unusable on %s/%s: %r", backend, device, dtype, err)
         return False
@@ -165,7 +167,9 @@ def _shape_str(shape: tuple[int, ...] | torch.Size) -> str:
 def _validate(a: object, b: object, h0: object, backend: object) -> None:
     for name, value in (("a", a), ("b", b)):
         if not isinstance(value, Tensor):
-            raise TypeError(f"linear_scan: `{name}` must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"linear_scan: `{name}` must be a torch.Tensor, got {type(value).__name__}"
+            )
     assert isinstance(a, Tensor) and isinstance(b, Tensor)
     if b.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
@@ -173,7 +177,9 @@ def _validate(a: object, b: object, h0: object, backend: object) -> None:
             f"(float16, bfloat16, float32, float64, complex64, complex128)"
         )
     if a.dtype != b.dtype:
-        raise TypeError(f"linear_scan: `a` has dtype {a.dtype} but `b` has {b.dtype}; they must match")
+        raise TypeError(
+            f"linear_scan: `a` has dtype {a.dtype} but `b` has {b.dtype}; they must match"
+        )
     if b.dim() < 3:
         raise ValueError(
             f"linear_scan: `b` must have shape (B, T, N, ...) with time on dim 1; "
@@ -194,7 +200,9 @@ def _validate(a: object, b: object, h0: object, backend: object) -> None:
         raise ValueError(f"linear_scan: `a` is on {a.device} but `b` is on {b.device}")
     if h0 is not None:
         if not isinstance(h0, Tensor):
-            raise TypeError(f"linear_scan: `h0` must be a torch.Tensor or None, got {type(h0).__name__}")
+            raise TypeError(
+                f"linear_scan: `h0` must be a torch.Tensor or None, got {type(h0).__name__}"
+            )
         expected = (b.shape[0], *b.shape[2:])
         if tuple(h0.shape) != expected:
             raise ValueError(
@@ -240,7 +248,10 @@ def linear_scan(
     dtype = b.dtype
     if dtype in LOW_PRECISION_DTYPES:
         h, _ = linear_scan(
-            a.float(), b.float(), None if h0 is None else h0.float(), reverse=reverse,
+            a.float(),
+            b.float(),
+            None if h0 is None else h0.float(),
+            reverse=reverse,
             backend=backend,
         )
         h = h.to(dtype)

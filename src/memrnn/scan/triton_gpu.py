@@ -21,7 +21,15 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 @triton.jit
 def _scan_kernel(
-    a_ptr, b_ptr, h0_ptr, h_ptr, T, M, a_stride_b, a_stride_t, REVERSE: tl.constexpr,
+    a_ptr,
+    b_ptr,
+    h0_ptr,
+    h_ptr,
+    T,
+    M,
+    a_stride_b,
+    a_stride_t,
+    REVERSE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - GPU only
     ib = tl.program_id(0)
@@ -42,7 +50,9 @@ def _scan_kernel(
 def triton_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
     """Forward scan of (B, T, M) CUDA tensors; a: (B or 1, T or 1, M); h0: (B, M)."""
     if b.device.type != "cuda" or b.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"the 'triton' scan backend needs float32/64 CUDA tensors, got {b.dtype}")
+        raise RuntimeError(
+            f"the 'triton' scan backend needs float32/64 CUDA tensors, got {b.dtype}"
+        )
     a, b, h0 = a.contiguous(), b.contiguous(), h0.contiguous()
     B, T, M = b.shape
     h = torch.empty_like(b)

@@ -23,7 +23,9 @@ NO_WEIGHT_DECAY = "_memrnn_no_weight_decay"
 UNITS: dict[str, type[RecurrentUnit]] = {}
 
 
-def register_unit(name: str, **example_kwargs: Any) -> Callable[[type[RecurrentUnit]], type[RecurrentUnit]]:
+def register_unit(
+    name: str, **example_kwargs: Any
+) -> Callable[[type[RecurrentUnit]], type[RecurrentUnit]]:
     """Class decorator adding a unit to the registry read by models, tests and benchmarks.
 
     `example_kwargs` are the extra constructor arguments (beyond input_size, hidden_size) that
@@ -76,7 +78,10 @@ class RecurrentUnit(nn.Module):
     example_kwargs: dict[str, Any] = {}  # noqa: RUF012 - replaced per class by register_unit
 
     def __init__(
-        self, input_size: int, hidden_size: int, output_size: int | None = None,
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int | None = None,
         mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -84,7 +89,9 @@ class RecurrentUnit(nn.Module):
         self.input_size = check_positive_int("input_size", input_size, owner)
         self.hidden_size = check_positive_int("hidden_size", hidden_size, owner)
         self.output_size = (
-            hidden_size if output_size is None else check_positive_int("output_size", output_size, owner)
+            hidden_size
+            if output_size is None
+            else check_positive_int("output_size", output_size, owner)
         )
         self._mode = self.modes[0]
         self.mode = self.modes[0] if mode is None else mode
@@ -96,7 +103,11 @@ class RecurrentUnit(nn.Module):
     @mode.setter
     def mode(self, value: str) -> None:
         if value not in self.modes:
-            only = f" ({type(self).__name__} is recurrent-only)" if self.modes == ("recurrent",) else ""
+            only = (
+                f" ({type(self).__name__} is recurrent-only)"
+                if self.modes == ("recurrent",)
+                else ""
+            )
             raise ValueError(
                 f"{type(self).__name__}: unknown mode {value!r}; expected one of {self.modes}{only}"
             )
@@ -104,7 +115,9 @@ class RecurrentUnit(nn.Module):
 
     # -- to implement -------------------------------------------------------------------------
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> NamedTuple:
         raise NotImplementedError
@@ -165,10 +178,9 @@ class RecurrentUnit(nn.Module):
             ref_shape = getattr(ref, "shape", None)
             got_shape = getattr(got, "shape", None)
             if ref_shape != got_shape:
-                raise ValueError(
-                    f"{owner}: state.{field} has shape {None if got_shape is None else tuple(got_shape)}; "
-                    f"expected {tuple(ref_shape) if ref_shape is not None else None}"
-                )
+                got_str = None if got_shape is None else tuple(got_shape)
+                ref_str = None if ref_shape is None else tuple(ref_shape)
+                raise ValueError(f"{owner}: state.{field} has shape {got_str}; expected {ref_str}")
         return state
 
     def forward(self, x: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:

@@ -1,0 +1,402 @@
+"""Spiking Recurrent Cell (SRC).
+
+De Geeter, Ernst, Drion, "Spike-based computation using classical recurrent neural networks",
+Neuromorphic Computing and Engineering 2024 (https://arxiv.org/abs/2306.03623). A GRU/BRC-like
+cell made event-based: a fast positive feedback makes spikes, a slow negative feedback makes
+them end and keeps the neuron refractory. Per neuron, per step:
+
+    i_t  = α_i i_{t−1} + W_s s_t,   x_t = ρ tanh(i_t / ρ)
+    h_t  = tanh(x_t + r h_{t−1} + r_s hs_{t−1} + b_h)
+    z_t  = z_hyp − (z_hyp − z_dep) σ(10 (h_{t−1} − 0.5)),   hs_t = z_t hs_{t−1} + (1 − z_t) h_{t−1}
+    y_t  = ReLU(h_t)                                         (analog spikes, 1–3 steps wide)
+
+Implementation notes (ours):
+
+- The recurrence is nonlinear, so it runs step by step. `W_s s` is computed for the whole
+  sequence in one matmul; the loop then runs inside one autograd Function with a hand-written
+  backward (`src_loop`), so autograd records one node per sequence instead of ~15 per step.
+  The forward of that Function performs the same tensor operations, in the same order, as
+  `src_step`, so its outputs are identical to the step-by-step path; `src_loop_reference`
+  (a plain loop of `src_step`) is the ground truth it is tested against.
+- The bias b_h is kept ≤ `bias_max` (−4) by clamping *in the forward pass*, with the gradient
+  passed straight through the clamp: b_eff = b_h − ReLU(b_h − bias_max) with the ReLU term
+  detached. We chose this over projecting the parameter after each optimiser step because the
+  constraint then holds for every optimiser, training loop and loaded checkpoint without any
+  cooperation from the caller, and the straight-through gradient cannot get stuck above the
+  bound the way a plain `clamp` (zero gradient there) would. The cost: the raw parameter may
+  drift above the bound while the effective bias stays at it. `effective_bias_h` is the value
+  the cell uses.
+- The initial state is the resting equilibrium: the cell iterated with zero input (in float64)
+  until it stops moving, then polished with Newton steps on h = tanh((r + r_s) h + b) (at rest
+  i = 0 and hs = h). It is cached per bias value, device and dtype and carries no gradient.
+- Options (both off by default): `straight_through` passes the output gradient through the
+  ReLU unchanged; `detach_recurrence` detaches h_{t−1} and hs_{t−1} where they enter step t,
+  so gradients flow through time only via the input integrator i.
+
+Args:
+    input_size: D, number of input channels (spikes of the previous layer).
+    hidden_size: N, number of neurons.
+    alpha_i: input integrator decay α_i (default 0.9).
+    rho: drive bound ρ (default 3).
+    r: fast positive feedback gain (default 2).
+    r_s: slow negative feedback gain (default −7).
+    z_hyp: slow gate at hyperpolarisation (default 0.9).
+    z_dep: slow gate at depolarisation (default 0).
+    bias_init: initial b_h (default −6).
+    bias_max: upper bound on the effective b_h (default −4).
+    straight_through: straight-through ReLU gradient (default False).
+    detach_recurrence: detach h, hs in the recurrence (default False).
+    fused: run sequences through the fused loop (default True); False runs `src_step` per step.
+    device, dtype: of the parameters.
+
+Shapes:
+    x: (B, T, D) -> spikes (B, T, N); state SRCState(i, h, hs), each (B, N).
+
+Example:
+    >>> cell = SRC(16, 32)
+    >>> spikes, state = cell(torch.rand(4, 50, 16))
+    >>> assert spikes.shape == (4, 50, 32) and state.h.shape == (4, 32)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memrnn.units.base import RecurrentUnit, register_unit
+
+# A spike onset is counted when ReLU(h) rises above this level (rest is ReLU(h) = 0 exactly).
+SPIKE_THRESHOLD = 0.1
+
+
+class SRCState(NamedTuple):
+    """i: input integrator, h: fast (membrane-like) state, hs: slow state; each (B, N)."""
+
+    i: Tensor
+    h: Tensor
+    hs: Tensor
+
+
+class SRCConstants(NamedTuple):
+    alpha_i: float
+    rho: float
+    r: float
+    r_s: float
+    z_hyp: float
+    z_dep: float
+    straight_through: bool
+    detach_recurrence: bool
+
+
+def src_step(
+    u_t: Tensor, state: SRCState, bias: Tensor, c: SRCConstants
+) -> tuple[Tensor, SRCState]:
+    """One SRC step from the integrator input u_t = W_s s_t (B, N). Differentiable by autograd."""
+    i_prev, h_prev, hs_prev = state
+    if c.detach_recurrence:
+        h_prev, hs_prev = h_prev.detach(), hs_prev.detach()
+    i = c.alpha_i * i_prev + u_t
+    x = c.rho * torch.tanh(i / c.rho)
+    h = torch.tanh(x + c.r * h_prev + c.r_s * hs_prev + bias)
+    z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h_prev - 0.5))
+    hs = z * hs_prev + (1.0 - z) * h_prev
+    y = torch.relu(h)
+    if c.straight_through:
+        y = h + (y - h).detach()
+    return y, SRCState(i, h, hs)
+
+
+def src_loop_reference(
+    u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants
+) -> tuple[Tensor, SRCState]:
+    """Plain Python loop of `src_step` over u (B, T, N): the ground truth for `src_loop`."""
+    ys = []
+    for u_t in u.unbind(1):
+        y_t, state = src_step(u_t, state, bias, c)
+        ys.append(y_t)
+    return torch.stack(ys, dim=1), state
+
+
+class _SRCLoop(torch.autograd.Function):
+    """The whole recurrence as one autograd node, with a hand-written backward through time."""
+
+    @staticmethod
+    def forward(ctx, u, i0, h0, hs0, bias, c: SRCConstants):  # type: ignore[override]
+        B, T, N = u.shape
+        i_seq = u.new_empty(B, T, N)
+        h_seq = u.new_empty(B, T, N)
+        hs_seq = u.new_empty(B, T, N)
+        i, h, hs = i0, h0, hs0
+        # The same operations in the same order as src_step, so outputs match it exactly.
+        for t in range(T):
+            i = c.alpha_i * i + u[:, t]
+            x = c.rho * torch.tanh(i / c.rho)
+            h_new = torch.tanh(x + c.r * h + c.r_s * hs + bias)
+            z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h - 0.5))
+            hs = z * hs + (1.0 - z) * h
+            h = h_new
+            i_seq[:, t] = i
+            h_seq[:, t] = h
+            hs_seq[:, t] = hs
+        y = torch.relu(h_seq)
+        ctx.save_for_backward(i_seq, h_seq, hs_seq, h0, hs0)
+        ctx.constants = c
+        ctx.bias_shape = bias.shape
+        return y, i, h, hs
+
+    @staticmethod
+    def backward(ctx, gy, gi, gh, ghs):  # type: ignore[override]
+        i_seq, h_seq, hs_seq, h0, hs0 = ctx.saved_tensors
+        c: SRCConstants = ctx.constants
+        B, T, N = h_seq.shape
+        gu = torch.empty_like(h_seq)
+        gbias = torch.zeros_like(h_seq[:, 0])
+        if gy is None:
+            gy = torch.zeros_like(h_seq)
+        gi = torch.zeros_like(h0) if gi is None else gi
+        gh = torch.zeros_like(h0) if gh is None else gh
+        ghs = torch.zeros_like(h0) if ghs is None else ghs
+        if c.straight_through:
+            gh_all = gy
+        else:
+            gh_all = gy * (h_seq > 0).to(gy.dtype)
+        for t in range(T - 1, -1, -1):
+            h_t = h_seq[:, t]
+            h_prev = h_seq[:, t - 1] if t > 0 else h0
+            hs_prev = hs_seq[:, t - 1] if t > 0 else hs0
+            # dL/d(pre-activation of h_t)
+            gp = (gh + gh_all[:, t]) * (1.0 - h_t * h_t)
+            # Through hs_t = z hs_{t-1} + (1 - z) h_{t-1}, z = z_hyp - (z_hyp - z_dep) σ(10 (h_{t-1} - 0.5)).
+            sig = torch.sigmoid(10.0 * (h_prev - 0.5))
+            z = c.z_hyp - (c.z_hyp - c.z_dep) * sig
+            gz = ghs * (hs_prev - h_prev)
+            g_hprev = c.r * gp + ghs * (1.0 - z) - (c.z_hyp - c.z_dep) * 10.0 * sig * (1.0 - sig) * gz
+            g_hsprev = c.r_s * gp + ghs * z
+            # Through x_t = ρ tanh(i_t / ρ) into the integrator.
+            th = torch.tanh(i_seq[:, t] / c.rho)
+            gi = gi + gp * (1.0 - th * th)
+            gu[:, t] = gi
+            gbias += gp
+            gi = c.alpha_i * gi
+            if c.detach_recurrence:
+                gh, ghs = torch.zeros_like(gh), torch.zeros_like(ghs)
+            else:
+                gh, ghs = g_hprev, g_hsprev
+        gbias_out = gbias.sum(0).reshape(ctx.bias_shape) if ctx.needs_input_grad[4] else None
+        return gu, gi, gh, ghs, gbias_out, None
+
+
+def src_loop(
+    u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants
+) -> tuple[Tensor, SRCState]:
+    """The SRC over a sequence of integrator inputs u (B, T, N), fused (see module notes)."""
+    y, i, h, hs = _SRCLoop.apply(u, state.i, state.h, state.hs, bias, c)
+    return y, SRCState(i, h, hs)
+
+
+def resting_state(
+    bias: Tensor, c: SRCConstants, start: Tensor | None = None, max_iter: int = 20000,
+    tol: float = 1e-13,
+) -> tuple[Tensor, Tensor]:
+    """Resting equilibrium (h*, hs*) per neuron for the effective bias (N,), in float64 on CPU.
+
+    Iterates the cell with zero input, from h = hs = `start` (default 0), until it stops moving,
+    then applies Newton steps to h = tanh((r + r_s) h + b) (at rest i = 0 and hs = h). Warns when
+    the iteration does not settle (the bias makes the neuron fire tonically: rest is unstable).
+    """
+    b = bias.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    h = torch.zeros_like(b) if start is None else start.to(torch.float64).clone()
+    hs = h.clone()
+    settled = False
+    for n in range(max_iter):
+        h_new = torch.tanh(c.r * h + c.r_s * hs + b)
+        z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h - 0.5))
+        hs_new = z * hs + (1.0 - z) * h
+        # Checking every 8 iterations keeps the host syncs rare.
+        if n % 8 == 0:
+            delta = torch.maximum((h_new - h).abs(), (hs_new - hs).abs()).max().item()
+            if delta < tol:
+                settled = True
+        h, hs = h_new, hs_new
+        if settled:
+            break
+    if not settled:
+        warnings.warn(
+            "SRC: the cell does not settle at rest with this bias (tonic firing); using the "
+            "unstable equilibrium as the initial state",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    a = c.r + c.r_s
+    for _ in range(50):
+        th = torch.tanh(a * h + b)
+        f = h - th
+        h = h - f / (1.0 - a * (1.0 - th * th))
+    return h, h.clone()
+
+
+@register_unit("src")
+class SRC(RecurrentUnit):
+    __doc__ = __doc__
+
+    modes = ("recurrent",)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        alpha_i: float = 0.9,
+        rho: float = 3.0,
+        r: float = 2.0,
+        r_s: float = -7.0,
+        z_hyp: float = 0.9,
+        z_dep: float = 0.0,
+        bias_init: float = -6.0,
+        bias_max: float = -4.0,
+        straight_through: bool = False,
+        detach_recurrence: bool = False,
+        fused: bool = True,
+        mode: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, hidden_size, mode)
+        if not 0.0 <= alpha_i < 1.0:
+            raise ValueError(f"SRC: `alpha_i` must be in [0, 1), got {alpha_i!r}")
+        if rho <= 0:
+            raise ValueError(f"SRC: `rho` must be > 0, got {rho!r}")
+        if bias_init > bias_max:
+            raise ValueError(f"SRC: `bias_init` ({bias_init}) must be <= `bias_max` ({bias_max})")
+        self.constants = SRCConstants(
+            float(alpha_i), float(rho), float(r), float(r_s), float(z_hyp), float(z_dep),
+            bool(straight_through), bool(detach_recurrence),
+        )
+        self.bias_init = float(bias_init)
+        self.bias_max = float(bias_max)
+        self.fused = bool(fused)
+        factory = {"device": device, "dtype": dtype}
+        self.weight_s = nn.Parameter(torch.empty(hidden_size, input_size, **factory))  # (N, D)
+        self.bias_h = nn.Parameter(torch.empty(hidden_size, **factory))  # (N,)
+        self._rest_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._rest_bias: Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default init for W_s; b_h = -6 puts the neuron at a silent rest (paper §2).
+        nn.init.kaiming_uniform_(self.weight_s, a=math.sqrt(5))
+        with torch.no_grad():
+            self.bias_h.fill_(self.bias_init)
+        self._rest_cache.clear()
+        self._rest_bias = None
+
+    @property
+    def effective_bias_h(self) -> Tensor:
+        """b_h clamped to ≤ bias_max, with the gradient passed straight through the clamp."""
+        b = self.bias_h
+        return b - torch.relu(b - self.bias_max).detach()
+
+    def _resting(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        b = self.bias_h.detach().clamp(max=self.bias_max)
+        b_cpu = b.cpu()
+        if self._rest_bias is None or not torch.equal(self._rest_bias, b_cpu):
+            base = self._rest_cache.get((torch.device("cpu"), torch.float64))
+            # Warm start from the previous equilibrium: after an optimiser step b_h moved little.
+            start = None if base is None or base[0].shape != b_cpu.shape else base[0]
+            self._rest_cache.clear()
+            self._rest_bias = b_cpu.clone()
+            self._rest_cache[(torch.device("cpu"), torch.float64)] = resting_state(
+                b, self.constants, start=start
+            )
+        key = (torch.device(device), dtype)
+        if key not in self._rest_cache:
+            h, hs = self._rest_cache[(torch.device("cpu"), torch.float64)]
+            self._rest_cache[key] = (h.to(device=device, dtype=dtype), hs.to(device=device, dtype=dtype))
+        return self._rest_cache[key]
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> SRCState:
+        device = torch.device(device) if device is not None else self._param_device()
+        dtype = dtype if dtype is not None else self._param_dtype()
+        N = self.hidden_size
+        if device.type == "meta":
+            empty = torch.empty(batch_size, N, device=device, dtype=dtype)
+            return SRCState(empty, empty, empty)
+        h, hs = self._resting(device, dtype)
+        i = torch.zeros(batch_size, N, device=device, dtype=dtype)
+        return SRCState(i, h.expand(batch_size, N).clone(), hs.expand(batch_size, N).clone())
+
+    def _step(self, x_t: Tensor, state: SRCState) -> tuple[Tensor, SRCState]:
+        u_t = F.linear(x_t, self.weight_s)  # (B, N)
+        return src_step(u_t, state, self.effective_bias_h, self.constants)
+
+    def _forward_recurrent(self, x: Tensor, state: SRCState) -> tuple[Tensor, SRCState]:
+        u = F.linear(x, self.weight_s)  # (B, T, N)
+        if not self.fused:
+            return src_loop_reference(u, state, self.effective_bias_h, self.constants)
+        return src_loop(u.contiguous(), state, self.effective_bias_h, self.constants)
+
+    def extra_repr(self) -> str:
+        c = self.constants
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, alpha_i={c.alpha_i}, "
+            f"rho={c.rho}, r={c.r}, r_s={c.r_s}, z_hyp={c.z_hyp}, z_dep={c.z_dep}, "
+            f"bias_max={self.bias_max}, straight_through={c.straight_through}, "
+            f"detach_recurrence={c.detach_recurrence}, fused={self.fused}"
+        )
+
+
+def _onsets(spikes: Tensor, threshold: float) -> Tensor:
+    above = spikes > threshold  # (B, T, N)
+    before = torch.zeros_like(above[:, :1])
+    return above & ~torch.cat([before, above[:, :-1]], dim=1)
+
+
+def spike_stats(
+    spikes: Tensor | Sequence[Tensor], threshold: float = SPIKE_THRESHOLD
+) -> dict[str, float]:
+    """Spike counts for logging, per layer.
+
+    A *spike* is an onset: a step where ReLU(h) rises above `threshold` having been at or below
+    it on the previous step (or the sequence starts above it). Each analog bump of 1–3 steps
+    thus counts once. For each layer k (spikes (B, T, N)) the dict holds
+        "layer{k}/firing_rate":     spikes per neuron per step,
+        "layer{k}/silent_fraction": fraction of neurons with no spike in any sample of the batch,
+        "layer{k}/spikes_per_sample": spikes per sample, summed over the layer's neurons,
+    and "spikes_per_sample" summed over layers.
+    """
+    layers = [spikes] if isinstance(spikes, Tensor) else list(spikes)
+    out: dict[str, float] = {}
+    total = 0.0
+    for k, s in enumerate(layers):
+        if s.dim() != 3:
+            raise ValueError(f"spike_stats: spikes must be (B, T, N); got {tuple(s.shape)}")
+        onsets = _onsets(s.detach(), threshold)
+        B, T, N = s.shape
+        count = onsets.sum().item()
+        out[f"layer{k}/firing_rate"] = count / (B * T * N)
+        out[f"layer{k}/silent_fraction"] = (~onsets.any(dim=1).any(dim=0)).float().mean().item()
+        out[f"layer{k}/spikes_per_sample"] = count / B
+        total += count / B
+    out["spikes_per_sample"] = total
+    return out
+
+
+__all__ = [
+    "SPIKE_THRESHOLD",
+    "SRC",
+    "SRCConstants",
+    "SRCState",
+    "resting_state",
+    "spike_stats",
+    "src_loop",
+    "src_loop_reference",
+    "src_step",
+]

@@ -8,12 +8,38 @@ from memrnn.units.base import (
     mark_no_weight_decay,
     register_unit,
 )
+from memrnn.units.brc import BRC, NBRC, BRCState
+from memrnn.units.classic import GRU, LSTM, GRUState, LSTMState
+from memrnn.units.lru import LRU, LRUState
+from memrnn.units.mingru import MinGRU, MinGRUState
+from memrnn.units.src import SRC, SRCState, spike_stats
+from memrnn.units.mru import BMRU, CMRU, BMRUState, EpsilonSchedule, bmru_scan, write_rate_penalty
 
 __all__ = [
+    "BMRU",
+    "CMRU",
+    "BMRUState",
+    "EpsilonSchedule",
+    "bmru_scan",
+    "write_rate_penalty",
+    "BRC",
+    "GRU",
+    "LRU",
+    "LSTM",
+    "NBRC",
+    "BRCState",
+    "GRUState",
+    "LRUState",
+    "LSTMState",
+    "MinGRU",
+    "MinGRUState",
     "NO_WEIGHT_DECAY",
     "UNITS",
     "RecurrentUnit",
+    "SRC",
+    "SRCState",
     "is_no_weight_decay",
     "mark_no_weight_decay",
     "register_unit",
+    "spike_stats",
 ]

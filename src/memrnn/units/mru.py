@@ -1,0 +1,346 @@
+"""Memory recurrent units: BMRU, the epsilon-family and CMRU.
+
+De Geeter, Lambrechts, Ernst, Drion, "Parallelizable memory recurrent units",
+arXiv 2601.09495 (2026), https://arxiv.org/abs/2601.09495; the form implemented and the
+epsilon-family follow Brandoit, Fyon, Ernst, Drion, arXiv 2605.11855 (ICML 2026),
+https://arxiv.org/abs/2605.11855.
+
+A BMRU neuron is a hysteretic comparator: it writes sign(c_t) when |c_t| reaches the threshold
+beta_t and holds its state otherwise, so every step is an affine map of the previous state and
+the sequence runs as one linear scan:
+
+    z_t = H(|c_t| - beta_t),  s_t = sign(c_t),  h_t = z_t (s_t + eps h_{t-1}) + (1 - z_t) h_{t-1}
+    c_t = W_c x_t + b_c,  beta_t = |W_beta x_t + b_beta| (or a learned |beta|),  y_t = W_o (alpha h_t) + b_o
+
+eps = 0 is the BMRU (states in {-1, +1}); eps = 1 is the CMRU (h_t = h_{t-1} + z_t s_t, states on
+the integer lattice, dh_t/dh_{t-1} = 1). H and sign are exact in the forward pass and use a
+surrogate derivative backward (`memrnn.units.surrogate`).
+
+Why BMRU is the limit of an internal clock: the map g(h; c) = tanh(a h + c), a > 1, has two
+stable equilibria for |c| < beta(a) = a h_f - atanh(h_f), h_f = sqrt(1 - 1/a) (where g is tangent
+to the diagonal), and one outside. Iterating g from h_{t-1} converges to the equilibrium in the
+basin of h_{t-1} inside the band and to the only one, of sign sign(c), outside: the BMRU update
+with threshold beta(a) (checked in tests/units/test_mru.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from memrnn.scan import linear_scan
+from memrnn.units.base import (
+    RecurrentUnit,
+    check_choice,
+    mark_no_weight_decay,
+    register_unit,
+)
+from memrnn.units.surrogate import SurrogateFn, get_surrogate, heaviside, sign
+
+THRESHOLDS = ("input", "constant")
+
+
+class BMRUState(NamedTuple):
+    h: Tensor  # (B, N) memory state: +-1 for the BMRU, integers for the CMRU
+
+
+def bmru_scan(
+    c: Tensor,
+    beta: Tensor,
+    h0: Tensor,
+    epsilon: float = 0.0,
+    surrogate: str | SurrogateFn = "atan",
+    sharpness: float = 1.0,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """The parameter-free MRU recurrence; returns (h, h_T).
+
+    Args:
+        c: candidates (B, T, N).
+        beta: thresholds, broadcastable to c (already non-negative).
+        h0: initial state (B, N).
+        epsilon: 0 for the BMRU, 1 for the CMRU, in between for the epsilon-family.
+        surrogate, sharpness: the surrogate derivative of H and sign (see surrogate.py).
+        backend: the `linear_scan` backend.
+    """
+    a, b, _ = _scan_inputs(c, beta, epsilon, get_surrogate(surrogate, sharpness))
+    # For eps = 0 the decay is in {0, 1} (last write wins). A gather of the last write index
+    # (cummax) is exact but measured 20x slower than linear_scan's native CPU kernel, which is
+    # memory-bound already, so the general scan is the fast path here too.
+    return linear_scan(a, b, h0, backend=backend)
+
+
+def _scan_inputs(
+    c: Tensor, beta: Tensor, epsilon: float, derivative: SurrogateFn
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(a, b, z) of the scan h_t = a_t h_{t-1} + b_t: a = 1 - z + eps z, b = z s."""
+    z = heaviside(c.abs() - beta, derivative)
+    s = sign(c, derivative)
+    return 1.0 - z + epsilon * z, z * s, z
+
+
+@register_unit("bmru")
+class BMRU(RecurrentUnit):
+    """Bistable memory recurrent unit (and the epsilon-family through `epsilon`).
+
+    Args:
+        input_size: D, features of x.
+        hidden_size: N, memory neurons.
+        output_size: features of y (default: hidden_size).
+        threshold: "input" (beta_t = |W_beta x_t + b_beta|, default) or "constant" (a learned
+            per-neuron |beta|).
+        epsilon: 0.0 (BMRU). Settable at any time, e.g. by `EpsilonSchedule.apply`.
+        surrogate: "atan" (default), "fast-sigmoid", "triangle", "straight-through" or a callable.
+        sharpness: k of the surrogate (default 1.0).
+        mode: "parallel" (one linear scan, default) or "recurrent" (step by step).
+        scan_backend: `linear_scan` backend (default "auto").
+
+    Shapes:
+        x: (B, T, D) -> y: (B, T, output_size); state: BMRUState(h=(B, N)).
+
+    Example:
+        >>> unit = BMRU(3, 8)
+        >>> y, state = unit(torch.randn(2, 5, 3))
+        >>> assert y.shape == (2, 5, 8) and state.h.shape == (2, 8)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int | None = None,
+        threshold: str = "input",
+        epsilon: float = 0.0,
+        surrogate: str | SurrogateFn = "atan",
+        sharpness: float = 1.0,
+        mode: str | None = None,
+        scan_backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, output_size, mode)
+        owner = type(self).__name__
+        self.threshold = check_choice("threshold", threshold, THRESHOLDS, owner)
+        self.surrogate = surrogate
+        self.sharpness = sharpness
+        self._derivative = get_surrogate(surrogate, sharpness)
+        self.epsilon = epsilon
+        self.scan_backend = scan_backend
+        factory = {"device": device, "dtype": dtype}
+        self.candidate = nn.Linear(input_size, hidden_size, **factory)
+        if threshold == "input":
+            self.threshold_proj = nn.Linear(input_size, hidden_size, **factory)
+        else:
+            self.beta = nn.Parameter(torch.empty(hidden_size, **factory))
+            mark_no_weight_decay(self.beta)
+        self.alpha = nn.Parameter(torch.empty(hidden_size, **factory))
+        self.h0 = nn.Parameter(torch.empty(hidden_size, **factory))
+        self.out = nn.Linear(hidden_size, self.output_size, **factory)
+        mark_no_weight_decay(self.alpha, self.h0)
+        # The write rate of the last forward/step (mean of z), for `write_rate_penalty`.
+        self.last_write_rate: Tensor | None = None
+        self.reset_parameters()
+
+    # -- initialisation -----------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        self.candidate.reset_parameters()
+        self.out.reset_parameters()
+        self._init_threshold()
+        self._init_amplitude_and_initial_sign()
+
+    @torch.no_grad()
+    def _init_threshold(self) -> None:
+        # b_beta = 1 (follow-up lab code): a unit with small inputs starts inside the bistable band.
+        if self.threshold == "input":
+            self.threshold_proj.reset_parameters()
+            self.threshold_proj.bias.fill_(1.0)
+        else:
+            self.beta.fill_(1.0)
+
+    @torch.no_grad()
+    def _init_amplitude_and_initial_sign(self) -> None:
+        # alpha = 1 and a random initial sign h0 in {-1, +1} (SPEC section 2.2).
+        self.alpha.fill_(1.0)
+        self.h0.copy_(torch.randint(0, 2, self.h0.shape, device=self.h0.device) * 2.0 - 1.0)
+
+    # -- epsilon ------------------------------------------------------------------------------
+    @property
+    def epsilon(self) -> float:
+        return self._epsilon
+
+    @epsilon.setter
+    def epsilon(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{type(self).__name__}: `epsilon` must be a number in [0, 1], got {value!r}")
+        self._epsilon = float(value)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def thresholds(self, x: Tensor) -> Tensor:
+        """beta >= 0 for inputs x (..., D): (..., N), or (N,) for a constant threshold."""
+        if self.threshold == "input":
+            return self.threshold_proj(x).abs()
+        return self.beta.abs()
+
+    def threshold_margin(self, x: Tensor) -> Tensor:
+        """min | |c| - beta | over x (..., D): how far the inputs are from flipping a write gate."""
+        with torch.no_grad():
+            return ((self.candidate(x).abs() - self.thresholds(x)).abs()).min()
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> BMRUState:
+        device = self.h0.device if device is None else torch.device(device)
+        dtype = self.h0.dtype if dtype is None else dtype
+        if device.type == "meta":
+            return BMRUState(torch.empty(batch_size, self.hidden_size, device=device, dtype=dtype))
+        # The sign of the stored real parameter, with a surrogate so that h0 is learned.
+        h0 = sign(self.h0, self._derivative).to(device=device, dtype=dtype)
+        return BMRUState(h0.expand(batch_size, self.hidden_size))
+
+    def _readout(self, h: Tensor) -> Tensor:
+        return self.out(self.alpha * h)
+
+    def _forward_parallel(self, x: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
+        c = self.candidate(x)  # (B, T, N)
+        beta = self.thresholds(x)  # (B, T, N) or (N,)
+        a, b, z = _scan_inputs(c, beta, self._epsilon, self._derivative)  # (B, T, N) each
+        self.last_write_rate = z.mean()
+        h, h_last = linear_scan(a, b, state.h.to(c.dtype).contiguous(), backend=self.scan_backend)
+        return self._readout(h), BMRUState(h_last)
+
+    def _cell(self, x_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """One update; returns (h_t, z_t). The same a h + b form as the scan, for equal gradients."""
+        c = self.candidate(x_t)  # (B, N)
+        a, b, z = _scan_inputs(c, self.thresholds(x_t), self._epsilon, self._derivative)
+        return a * h_prev + b, z
+
+    def _step(self, x_t: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
+        h, z = self._cell(x_t, state.h)
+        self.last_write_rate = z.mean()
+        return self._readout(h), BMRUState(h)
+
+    def _forward_recurrent(self, x: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
+        h = state.h
+        hs, rates = [], []
+        for x_t in x.unbind(1):
+            h, z = self._cell(x_t, h)
+            hs.append(h)
+            rates.append(z.mean())
+        self.last_write_rate = torch.stack(rates).mean()
+        return self._readout(torch.stack(hs, dim=1)), BMRUState(h)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, threshold={self.threshold!r}, epsilon={self._epsilon}, "
+            f"surrogate={self.surrogate!r}, sharpness={self.sharpness}"
+        )
+
+
+@register_unit("cmru")
+class CMRU(BMRU):
+    """Cumulative memory recurrent unit: the BMRU with epsilon = 1 (h_t = h_{t-1} + z_t s_t).
+
+    Same arguments as `BMRU`, with `epsilon=1.0` by default. Annealing epsilon to 0 during
+    training (`EpsilonSchedule`) turns it into a BMRU without rebuilding the module.
+
+    Example:
+        >>> unit = CMRU(3, 8)
+        >>> y, state = unit(torch.randn(2, 5, 3))
+        >>> assert y.shape == (2, 5, 8) and unit.epsilon == 1.0
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int | None = None,
+        threshold: str = "input",
+        epsilon: float = 1.0,
+        surrogate: str | SurrogateFn = "atan",
+        sharpness: float = 1.0,
+        mode: str | None = None,
+        scan_backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, output_size, threshold, epsilon, surrogate, sharpness, mode,
+            scan_backend, device, dtype,
+        )
+
+
+def epsilon_units(model: nn.Module) -> list[BMRU]:
+    """Every MRU of the epsilon-family inside `model` (itself included)."""
+    return [m for m in model.modules() if isinstance(m, BMRU)]
+
+
+class EpsilonSchedule:
+    """Hold epsilon = start for `hold` steps, decay linearly to `end` over `decay` steps, hold.
+
+    The follow-up paper's recipe: train as a CMRU (eps = 1), anneal, finish as a true BMRU.
+
+    Example:
+        >>> schedule = EpsilonSchedule(hold=100, decay=50)
+        >>> assert schedule(0) == 1.0 and schedule(125) == 0.5 and schedule(10_000) == 0.0
+    """
+
+    def __init__(self, hold: int, decay: int, start: float = 1.0, end: float = 0.0) -> None:
+        for name, value in (("hold", hold), ("decay", decay)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"EpsilonSchedule: `{name}` must be an int >= 0, got {value!r}")
+        for name, value in (("start", start), ("end", end)):
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"EpsilonSchedule: `{name}` must be a number in [0, 1], got {value!r}")
+        self.hold, self.decay, self.start, self.end = hold, decay, float(start), float(end)
+
+    def __call__(self, step: int) -> float:
+        if step < self.hold:
+            return self.start
+        if step >= self.hold + self.decay:
+            return self.end
+        progress = (step - self.hold) / self.decay
+        return self.start + (self.end - self.start) * progress
+
+    def apply(self, model: nn.Module, step: int) -> float:
+        """Sets epsilon on every epsilon-unit of `model` for this training step; returns it."""
+        value = self(step)
+        for unit in epsilon_units(model):
+            unit.epsilon = value
+        return value
+
+    def __repr__(self) -> str:
+        return f"EpsilonSchedule(hold={self.hold}, decay={self.decay}, start={self.start}, end={self.end})"
+
+
+def write_rate_penalty(model: nn.Module, lam: float) -> Tensor:
+    """lam * sum over epsilon-units of (mean z of their last forward)^2, to add to the loss."""
+    rates = [u.last_write_rate for u in epsilon_units(model) if u.last_write_rate is not None]
+    if not rates:
+        param = next(model.parameters(), None)
+        return torch.zeros((), device=None if param is None else param.device)
+    return lam * torch.stack([r.float() ** 2 for r in rates]).sum()
+
+
+def bistable_threshold(a: float) -> float:
+    """beta(a) = a h_f - atanh(h_f), h_f = sqrt(1 - 1/a): the bistable band of tanh(a h + c)."""
+    if a <= 1.0:
+        raise ValueError(f"bistable_threshold: the map tanh(a h + c) is bistable only for a > 1, got {a}")
+    h_f = math.sqrt(1.0 - 1.0 / a)
+    return a * h_f - math.atanh(h_f)
+
+
+__all__ = [
+    "BMRU",
+    "CMRU",
+    "THRESHOLDS",
+    "BMRUState",
+    "EpsilonSchedule",
+    "bistable_threshold",
+    "bmru_scan",
+    "epsilon_units",
+    "write_rate_penalty",
+]

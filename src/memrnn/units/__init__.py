@@ -14,8 +14,12 @@ from memrnn.units.lru import LRU, LRUState
 from memrnn.units.mingru import MinGRU, MinGRUState
 from memrnn.units.src import SRC, SRCState, spike_stats
 from memrnn.units.mru import BMRU, CMRU, BMRUState, EpsilonSchedule, bmru_scan, write_rate_penalty
+from memrnn.units.hybrid import Hybrid, HybridState, alternating
 
 __all__ = [
+    "Hybrid",
+    "HybridState",
+    "alternating",
     "BMRU",
     "CMRU",
     "BMRUState",

@@ -2,15 +2,29 @@
 
 from memrnn.tasks.base import Batch, Task
 from memrnn.tasks.registry import create_task, list_tasks, register_task
+from memrnn.tasks.sequences import (
+    MNIST1D,
+    CharText,
+    Digits,
+    MackeyGlass,
+    PermutedMNIST,
+    SequentialMNIST,
+)
 from memrnn.tasks.synthetic import Adding, CopyFirstInput, Denoising, FlipFlop, SelectiveCopy
 
 __all__ = [
+    "MNIST1D",
     "Adding",
     "Batch",
+    "CharText",
     "CopyFirstInput",
     "Denoising",
+    "Digits",
     "FlipFlop",
+    "MackeyGlass",
+    "PermutedMNIST",
     "SelectiveCopy",
+    "SequentialMNIST",
     "Task",
     "create_task",
     "list_tasks",

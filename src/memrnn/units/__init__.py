@@ -15,8 +15,16 @@ from memrnn.units.mingru import MinGRU, MinGRUState
 from memrnn.units.src import SRC, SRCState, spike_stats
 from memrnn.units.mru import BMRU, CMRU, BMRUState, EpsilonSchedule, bmru_scan, write_rate_penalty
 from memrnn.units.hybrid import Hybrid, HybridState, alternating
+from memrnn.units.lmu import LMU, LMUCell, LMUCellState, LMUState, ParallelLMU, legendre_system, lmu_decode
 
 __all__ = [
+    "LMU",
+    "LMUCell",
+    "LMUCellState",
+    "LMUState",
+    "ParallelLMU",
+    "legendre_system",
+    "lmu_decode",
     "Hybrid",
     "HybridState",
     "alternating",

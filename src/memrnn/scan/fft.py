@@ -1,0 +1,86 @@
+"""Causal convolution of a signal with an impulse response: the scan of an LTI system.
+
+A linear time-invariant recurrence with a dense state matrix, m_t = Ā m_{t-1} + B̄ u_t with
+m_0 = 0, has the closed form m_t = Σ_{j=0}^{t-1} H_j u_{t-j} with the impulse response
+H_j = Ā^j B̄ (SPEC.md section 1 and 4.3). Both functions here compute, for u: (B, T, C) and
+h: (L, N),
+
+    y[b, t, c, n] = Σ_{j=0}^{min(t, L-1)} h[j, n] · u[b, t-j, c]          y: (B, T, C, N)
+
+(every input channel is convolved with every column of h); a 1-D h: (L,) gives y: (B, T, C),
+one impulse response shared by all channels. Taps of h beyond T are never used; an h shorter
+than T is a truncated impulse response.
+
+- `fft_causal_conv`: multiply the spectra of u and h zero-padded to a fast FFT size ≥ 2T, so
+  the circular convolution equals the linear one on the first T steps. O(T log T) per
+  channel; the right choice for long sequences.
+- `direct_causal_conv`: slide a window of the last L inputs (a strided view, no copy) and
+  contract it with h in one matrix product. O(T·L) per channel; faster for short T or short
+  (truncated) impulse responses, and exact up to the dtype's rounding.
+
+Both are differentiable with ordinary autograd, with respect to u and h.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check(u: Tensor, h: Tensor, owner: str) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"{owner}: `u` must have shape (B, T, C); got {tuple(u.shape)}")
+    if h.dim() not in (1, 2) or h.shape[0] == 0:
+        raise ValueError(f"{owner}: `h` must have shape (L,) or (L, N) with L >= 1; got {tuple(h.shape)}")
+    if u.dtype != h.dtype or u.device != h.device:
+        raise TypeError(
+            f"{owner}: `u` and `h` must share dtype and device; got {u.dtype}/{u.device} "
+            f"and {h.dtype}/{h.device}"
+        )
+
+
+def fft_causal_conv(u: Tensor, h: Tensor) -> Tensor:
+    """Causal convolution by FFT, zero-padded to at least 2T. See the module docstring."""
+    _check(u, h, "fft_causal_conv")
+    steps = u.shape[1]
+    squeeze = h.dim() == 1
+    h2 = h[:steps].unsqueeze(-1) if squeeze else h[:steps]
+    # The padded length only has to reach T + L - 1; round 2T up to a size with small factors.
+    n = _fast_fft_size(2 * steps)
+    # Time on the last axis: contiguous FFTs and a free reshape afterwards.
+    u_f = torch.fft.rfft(u.transpose(1, 2), n=n, dim=-1)  # (B, C, F)
+    h_f = torch.fft.rfft(h2.transpose(0, 1), n=n, dim=-1)  # (N, F)
+    y = torch.fft.irfft(u_f.unsqueeze(2) * h_f, n=n, dim=-1)[..., :steps]  # (B, C, N, T)
+    y = y.permute(0, 3, 1, 2)  # (B, T, C, N)
+    return y.squeeze(-1) if squeeze else y
+
+
+def direct_causal_conv(u: Tensor, h: Tensor) -> Tensor:
+    """Causal convolution as one matrix product over a sliding window. See the module docstring."""
+    _check(u, h, "direct_causal_conv")
+    steps = u.shape[1]
+    squeeze = h.dim() == 1
+    h2 = h[:steps].unsqueeze(-1) if squeeze else h[:steps]
+    taps = h2.shape[0]
+    # Window w[b, t, c, k] = u[b, t - (L-1) + k, c], zero before the start of the sequence.
+    padded = F.pad(u, (0, 0, taps - 1, 0))  # (B, T + L - 1, C)
+    window = padded.unfold(1, taps, 1)  # (B, T, C, L)
+    y = torch.matmul(window, h2.flip(0))  # (B, T, C, N)
+    return y.squeeze(-1) if squeeze else y
+
+
+def _fast_fft_size(n: int) -> int:
+    """The smallest m >= n whose only prime factors are 2, 3 and 5."""
+    m = max(n, 1)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+__all__ = ["direct_causal_conv", "fft_causal_conv"]

@@ -1,0 +1,119 @@
+"""`ModelConfig`: everything needed to rebuild a model, saved as JSON beside every checkpoint.
+
+A config describes one of three architectures:
+    "stack"   input encoder -> N pre-norm residual blocks -> final norm -> head (the default)
+    "direct"  one unit applied to the raw input -> head (e.g. the parallel LMU classifier)
+    "spiking" the spiking network of memrnn.models.spiking, built from `spiking` (a dict)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ARCHS = ("stack", "direct", "spiking")
+HEADS = ("last", "mean", "sequence", "next-token")
+NORMS = ("layer", "rms")
+INPUT_KINDS = ("real", "tokens")
+
+
+@dataclass
+class ModelConfig:
+    """Args:
+    input_size: features per step (real inputs) or vocabulary size (token inputs).
+    output_size: classes, regression targets or vocabulary size of the head.
+    input_kind: "real" (linear encoder) or "tokens" (embedding).
+    head: "last" (read at the last valid step), "mean" (masked mean over steps),
+        "sequence" (one output per step) or "next-token" (per step, over the vocabulary).
+    arch: "stack", "direct" or "spiking" (see the module docstring).
+    unit: a registered unit name, or one name per layer (alternating kinds).
+    unit_kwargs: extra constructor arguments of the unit (all layers), or one dict per
+        layer name in `layer_unit_kwargs`.
+    d_model: width of the residual stream.
+    hidden_size: state width of each unit (default: d_model).
+    n_layers: number of blocks.
+    norm: "layer" (LayerNorm) or "rms" (RMSNorm).
+    mlp: whether each block has a GLU-MLP after the unit.
+    mlp_ratio: hidden width of the GLU-MLP as a multiple of d_model.
+    dropout: dropout on both residual branches.
+    spiking: the SpikingConfig fields for arch="spiking".
+    """
+
+    input_size: int
+    output_size: int
+    input_kind: str = "real"
+    head: str = "last"
+    arch: str = "stack"
+    unit: str | list[str] = "bmru"
+    unit_kwargs: dict[str, Any] = field(default_factory=dict)
+    layer_unit_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    d_model: int = 64
+    hidden_size: int | None = None
+    n_layers: int = 2
+    norm: str = "layer"
+    mlp: bool = True
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    spiking: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for key, value, choices in (
+            ("arch", self.arch, ARCHS),
+            ("head", self.head, HEADS),
+            ("norm", self.norm, NORMS),
+            ("input_kind", self.input_kind, INPUT_KINDS),
+        ):
+            if value not in choices:
+                raise ValueError(f"ModelConfig: unknown {key} {value!r}; expected one of {choices}")
+        for key in ("input_size", "output_size", "d_model", "n_layers"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig: `{key}` must be a positive int, got {value!r}")
+        if isinstance(self.unit, list | tuple):
+            self.unit = list(self.unit)
+            if not self.unit:
+                raise ValueError("ModelConfig: `unit` is an empty list; give at least one unit name")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig: `dropout` must be in [0, 1), got {self.dropout!r}")
+
+    def layer_units(self) -> list[str]:
+        """The unit name of each layer (a list of kinds repeats cyclically)."""
+        kinds = self.unit if isinstance(self.unit, list) else [self.unit]
+        return [kinds[i % len(kinds)] for i in range(self.n_layers)]
+
+    def kwargs_for(self, unit: str) -> dict[str, Any]:
+        """Constructor kwargs of `unit`: the shared ones updated by the per-name ones."""
+        return {**self.unit_kwargs, **self.layer_unit_kwargs.get(unit, {})}
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; fields are {field_names()}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        unknown = sorted(set(data) - set(field_names()))
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; fields are {field_names()}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ModelConfig)]
+
+
+__all__ = ["ARCHS", "HEADS", "INPUT_KINDS", "NORMS", "ModelConfig", "field_names"]

@@ -1,0 +1,192 @@
+"""Named model configurations: one registry read by the CLI, the tests and the demo.
+
+Every unit registered in `memrnn.units.UNITS` gets a `<unit>-small` variant automatically
+(2 blocks of width 64); explicit variants below override those defaults or add other
+architectures. A variant is listed only when the units it needs are registered.
+
+    >>> model = create_model("bmru-small", input_size=1, output_size=10)
+    >>> list_models()[:3]
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+import memrnn.units
+from memrnn.models.config import ModelConfig, field_names
+from memrnn.models.network import Network
+
+SMALL: dict[str, Any] = {"d_model": 64, "n_layers": 2}
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """description: one line for `memrnn list`; requires: unit names (or "spiking") that must
+    be available; defaults: ModelConfig fields."""
+
+    description: str
+    requires: tuple[str, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+VARIANTS: dict[str, ModelVariant] = {}
+
+
+def register_model(name: str, description: str, requires: tuple[str, ...],
+                   **defaults: Any) -> None:
+    unknown = sorted(set(defaults) - set(field_names()))
+    if unknown:
+        raise ValueError(f"register_model({name!r}): unknown ModelConfig field(s) {unknown}")
+    VARIANTS[name] = ModelVariant(description, tuple(requires), dict(defaults))
+
+
+register_model("bmru-small", "2 x 64 BMRU blocks (bistable memory recurrent unit)", ("bmru",),
+               unit="bmru", **SMALL)
+register_model("cmru-small", "2 x 64 CMRU blocks (cumulative MRU; anneal to BMRU with "
+               "--epsilon-schedule)", ("cmru",), unit="cmru", **SMALL)
+register_model("lru-small", "2 x 64 LRU blocks (linear recurrent unit, fading memory)", ("lru",),
+               unit="lru", **SMALL)
+register_model("mingru-small", "2 x 64 minGRU blocks", ("mingru",), unit="mingru", **SMALL)
+register_model("hybrid-small", "2 x 64 blocks each running a BMRU and an LRU side by side",
+               ("hybrid",), unit="hybrid", **SMALL)
+register_model("bmru-lru-alt-small", "2 x 64 blocks alternating BMRU and LRU layers",
+               ("bmru", "lru"), unit=["bmru", "lru"], **SMALL)
+register_model("gru-small", "2 x 64 GRU blocks (sequential baseline)", ("gru",), unit="gru",
+               **SMALL)
+register_model("lstm-small", "2 x 64 LSTM blocks (sequential baseline)", ("lstm",), unit="lstm",
+               **SMALL)
+register_model("brc-small", "2 x 64 BRC blocks (bistable recurrent cell, sequential)", ("brc",),
+               unit="brc", **SMALL)
+register_model("nbrc-small", "2 x 64 nBRC blocks (neuromodulated BRC, sequential)", ("nbrc",),
+               unit="nbrc", **SMALL)
+# Chilkuri & Eliasmith (ICML 2021), psMNIST: order 468, 346 hidden units, theta = 784 (SPEC §4.3).
+register_model("lmu-psmnist", "parallel LMU psMNIST classifier (order 468, hidden 346, "
+               "theta 784) with a linear readout", ("plmu",), arch="direct", unit="plmu",
+               hidden_size=346, unit_kwargs={"order": 468, "theta": 784.0})
+register_model("src-mnist", "spiking recurrent cell network for spike-encoded MNIST",
+               ("spiking",), arch="spiking", spiking={})
+register_model("src-digits", "spiking recurrent cell network for spike-encoded 8x8 digits",
+               ("spiking",), arch="spiking", spiking={})
+
+
+def _spiking_available() -> bool:
+    try:
+        import memrnn.models.spiking  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _available(variant: ModelVariant) -> bool:
+    for need in variant.requires:
+        if need == "spiking":
+            if not _spiking_available():
+                return False
+        elif need not in memrnn.units.UNITS:
+            return False
+    return True
+
+
+def _variants() -> dict[str, ModelVariant]:
+    """Available explicit variants plus an automatic `<unit>-small` for every unit."""
+    found: dict[str, ModelVariant] = {}
+    for unit in sorted(memrnn.units.UNITS):
+        found[f"{unit}-small"] = ModelVariant(f"2 x 64 blocks of the {unit!r} unit", (unit,),
+                                              {"unit": unit, **SMALL})
+    found.update({k: v for k, v in VARIANTS.items() if _available(v)})
+    return dict(sorted(found.items()))
+
+
+def list_models() -> list[str]:
+    """Names of the models whose units are available."""
+    return list(_variants())
+
+
+def describe_models() -> dict[str, str]:
+    """name -> one-line description."""
+    return {name: v.description for name, v in _variants().items()}
+
+
+def unknown_model_error(name: str) -> ValueError:
+    names = list_models()
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    missing = " (its units are not available)" if name in VARIANTS else ""
+    return ValueError(f"unknown model {name!r}{missing}.{hint} Available: {', '.join(names)}")
+
+
+def head_for_task(task: Any) -> str:
+    """The head a task needs, from its `target` and `input_kind`."""
+    if task.target == "last":
+        return "last"
+    if getattr(task, "input_kind", "real") == "tokens" and task.loss_kind == "cross_entropy":
+        return "next-token"
+    return "sequence"
+
+
+def model_config(name: str, input_size: int, output_size: int, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of variant `name` for these sizes, with ModelConfig field overrides.
+
+    `unit_kwargs` and `spiking` overrides are merged into the variant's dicts.
+    """
+    variants = _variants()
+    if name not in variants:
+        raise unknown_model_error(name)
+    unknown = sorted(set(overrides) - set(field_names()))
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {difflib.get_close_matches(k, field_names(), n=1)[0]!r}?)"
+            if difflib.get_close_matches(k, field_names(), n=1) else repr(k)
+            for k in unknown
+        ]
+        raise ValueError(f"unknown model option(s) {', '.join(hints)}; options: {field_names()}")
+    base = dict(variants[name].defaults)
+    for key in ("unit_kwargs", "spiking", "layer_unit_kwargs"):
+        if key in overrides and key in base:
+            overrides[key] = {**base[key], **(overrides[key] or {})}
+    return ModelConfig(input_size=input_size, output_size=output_size, name=name,
+                       **{**base, **overrides})
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Builds the model a ModelConfig describes (the way checkpoints are reloaded)."""
+    if config.arch == "spiking":
+        from memrnn.models.spiking import build_spiking_model
+
+        return build_spiking_model(config)
+    return Network(config)
+
+
+def create_model(name: str, input_size: int, output_size: int, **overrides: Any) -> nn.Module:
+    """Builds variant `name`; `overrides` are ModelConfig fields (head, d_model, dropout, ...)."""
+    return build_model(model_config(name, input_size, output_size, **overrides))
+
+
+def config_for_task(name: str, task: Any, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of `name` sized for `task`, with the head its target needs."""
+    overrides.setdefault("head", head_for_task(task))
+    overrides.setdefault("input_kind", getattr(task, "input_kind", "real"))
+    return model_config(name, task.input_size, task.output_size, **overrides)
+
+
+def create_model_for_task(name: str, task: Any, **overrides: Any) -> nn.Module:
+    return build_model(config_for_task(name, task, **overrides))
+
+
+__all__ = [
+    "VARIANTS",
+    "ModelVariant",
+    "build_model",
+    "config_for_task",
+    "create_model",
+    "create_model_for_task",
+    "describe_models",
+    "head_for_task",
+    "list_models",
+    "model_config",
+    "register_model",
+]

@@ -121,4 +121,11 @@ def create_task(name: str, **kwargs: Any) -> Task:
                     f"task {name!r} has no argument {key!r}{hint}; valid arguments: "
                     f"{', '.join(valid) or '(none)'}"
                 )
+    missing = [
+        p.name for p in list(sig.parameters.values())[1:]
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in kwargs
+    ]
+    if missing:
+        raise ValueError(f"task {name!r} requires argument(s): {', '.join(missing)}")
     return cls(**kwargs)

@@ -61,9 +61,6 @@ class _PixelMNIST(_SequenceClassification):
         self, data_dir: str | os.PathLike, black_pixels: int = 0, subset: int | None = None,
         val_fraction: float = 0.1, seed: int = 0, permutation_seed: int = 0,
     ) -> None:
-        # Imported here so that this module works without the image loaders installed.
-        from memrnn.tasks.images import load_mnist
-
         if data_dir is None:
             raise ValueError("data_dir must name a folder with the MNIST IDX files, got None")
         self.black_pixels = check_int("black_pixels", black_pixels, minimum=0)
@@ -72,6 +69,9 @@ class _PixelMNIST(_SequenceClassification):
         val_fraction = check_float("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
         self.seed = check_int("seed", seed, minimum=0)
         self.permutation_seed = check_int("permutation_seed", permutation_seed, minimum=0)
+        # Imported here so that this module works without the image loaders installed.
+        from memrnn.tasks.images import load_mnist
+
         arrays = {}
         for split in ("train", "test"):
             images, labels = load_mnist(data_dir, split, kind="mnist")

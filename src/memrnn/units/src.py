@@ -13,11 +13,11 @@ them end and keeps the neuron refractory. Per neuron, per step:
 Implementation notes (ours):
 
 - The recurrence is nonlinear, so it runs step by step. `W_s s` is computed for the whole
-  sequence in one matmul; the loop then runs inside one autograd Function with a hand-written
+  sequence in one matmul, and the input integrator (linear in i) with one linear scan; only
+  the h/hs recurrence then loops per step, inside one autograd Function with a hand-written
   backward (`src_loop`), so autograd records one node per sequence instead of ~15 per step.
-  The forward of that Function performs the same tensor operations, in the same order, as
-  `src_step`, so its outputs are identical to the step-by-step path; `src_loop_reference`
-  (a plain loop of `src_step`) is the ground truth it is tested against.
+  The loop groups the operations exactly as `src_step` does, so both paths agree to rounding;
+  `src_loop_reference` (a plain loop of `src_step`) is the ground truth it is tested against.
 - The bias b_h is kept ≤ `bias_max` (−4) by clamping *in the forward pass*, with the gradient
   passed straight through the clamp: b_eff = b_h − ReLU(b_h − bias_max) with the ReLU term
   detached. We chose this over projecting the parameter after each optimiser step because the
@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from memrnn.scan import linear_scan
 from memrnn.units.base import RecurrentUnit, register_unit
 
 # A spike onset is counted when ReLU(h) rises above this level (rest is ReLU(h) = 0 exactly).
@@ -103,7 +104,8 @@ def src_step(
         h_prev, hs_prev = h_prev.detach(), hs_prev.detach()
     i = c.alpha_i * i_prev + u_t
     x = c.rho * torch.tanh(i / c.rho)
-    h = torch.tanh(x + c.r * h_prev + c.r_s * hs_prev + bias)
+    # Grouped as ((x + b_h) + r h) + r_s hs, the order the fused loop uses.
+    h = torch.tanh((x + bias) + c.r * h_prev + c.r_s * hs_prev)
     z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h_prev - 0.5))
     hs = z * hs_prev + (1.0 - z) * h_prev
     y = torch.relu(h)
@@ -124,72 +126,71 @@ def src_loop_reference(
 
 
 class _SRCLoop(torch.autograd.Function):
-    """The whole recurrence as one autograd node, with a hand-written backward through time."""
+    """The whole recurrence as one autograd node, with a hand-written backward through time.
+
+    Everything that does not depend on the (h, hs) recurrence runs over the whole sequence at
+    once: the integrator i (a linear scan), the drive x + b_h, and in the backward pass the
+    local derivatives and the integrator's reverse scan. Only the h/hs loop stays per step.
+    """
 
     @staticmethod
     def forward(ctx, u, i0, h0, hs0, bias, c: SRCConstants):  # type: ignore[override]
         B, T, N = u.shape
-        i_seq = u.new_empty(B, T, N)
+        alpha = u.new_full((1, 1, N), c.alpha_i)
+        i_seq, i_last = linear_scan(alpha, u, i0)  # (B, T, N)
+        xb = c.rho * torch.tanh(i_seq / c.rho) + bias  # (B, T, N)
         h_seq = u.new_empty(B, T, N)
         hs_seq = u.new_empty(B, T, N)
-        i, h, hs = i0, h0, hs0
-        # The same operations in the same order as src_step, so outputs match it exactly.
+        h, hs = h0, hs0
         for t in range(T):
-            i = c.alpha_i * i + u[:, t]
-            x = c.rho * torch.tanh(i / c.rho)
-            h_new = torch.tanh(x + c.r * h + c.r_s * hs + bias)
+            h_new = torch.tanh(xb[:, t] + c.r * h + c.r_s * hs)
             z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h - 0.5))
             hs = z * hs + (1.0 - z) * h
             h = h_new
-            i_seq[:, t] = i
             h_seq[:, t] = h
             hs_seq[:, t] = hs
         y = torch.relu(h_seq)
         ctx.save_for_backward(i_seq, h_seq, hs_seq, h0, hs0)
         ctx.constants = c
         ctx.bias_shape = bias.shape
-        return y, i, h, hs
+        return y, i_last, h.clone(), hs.clone()
 
     @staticmethod
     def backward(ctx, gy, gi, gh, ghs):  # type: ignore[override]
         i_seq, h_seq, hs_seq, h0, hs0 = ctx.saved_tensors
         c: SRCConstants = ctx.constants
         B, T, N = h_seq.shape
-        gu = torch.empty_like(h_seq)
-        gbias = torch.zeros_like(h_seq[:, 0])
-        if gy is None:
-            gy = torch.zeros_like(h_seq)
+        gy = torch.zeros_like(h_seq) if gy is None else gy
         gi = torch.zeros_like(h0) if gi is None else gi
         gh = torch.zeros_like(h0) if gh is None else gh
         ghs = torch.zeros_like(h0) if ghs is None else ghs
-        if c.straight_through:
-            gh_all = gy
-        else:
-            gh_all = gy * (h_seq > 0).to(gy.dtype)
+        # Local derivatives of every step, over the whole sequence.
+        g_out = gy if c.straight_through else gy * (h_seq > 0).to(gy.dtype)
+        d_h = 1.0 - h_seq * h_seq
+        h_prev = torch.cat([h0.unsqueeze(1), h_seq[:, :-1]], dim=1)
+        hs_prev = torch.cat([hs0.unsqueeze(1), hs_seq[:, :-1]], dim=1)
+        sig = torch.sigmoid(10.0 * (h_prev - 0.5))
+        z = c.z_hyp - (c.z_hyp - c.z_dep) * sig
+        # d hs_t / d h_{t-1}, through both the (1 - z) term and the gate z itself.
+        k = (1.0 - z) - (c.z_hyp - c.z_dep) * 10.0 * sig * (1.0 - sig) * (hs_prev - h_prev)
+        # The (h, hs) recurrence backwards; gp_t = dL/d(pre-activation of h_t).
+        gp_seq = torch.empty_like(h_seq)
         for t in range(T - 1, -1, -1):
-            h_t = h_seq[:, t]
-            h_prev = h_seq[:, t - 1] if t > 0 else h0
-            hs_prev = hs_seq[:, t - 1] if t > 0 else hs0
-            # dL/d(pre-activation of h_t)
-            gp = (gh + gh_all[:, t]) * (1.0 - h_t * h_t)
-            # Through hs_t = z hs_{t-1} + (1 - z) h_{t-1}, z = z_hyp - (z_hyp - z_dep) σ(10 (h_{t-1} - 0.5)).
-            sig = torch.sigmoid(10.0 * (h_prev - 0.5))
-            z = c.z_hyp - (c.z_hyp - c.z_dep) * sig
-            gz = ghs * (hs_prev - h_prev)
-            g_hprev = c.r * gp + ghs * (1.0 - z) - (c.z_hyp - c.z_dep) * 10.0 * sig * (1.0 - sig) * gz
-            g_hsprev = c.r_s * gp + ghs * z
-            # Through x_t = ρ tanh(i_t / ρ) into the integrator.
-            th = torch.tanh(i_seq[:, t] / c.rho)
-            gi = gi + gp * (1.0 - th * th)
-            gu[:, t] = gi
-            gbias += gp
-            gi = c.alpha_i * gi
+            gp = (gh + g_out[:, t]) * d_h[:, t]
+            gp_seq[:, t] = gp
             if c.detach_recurrence:
                 gh, ghs = torch.zeros_like(gh), torch.zeros_like(ghs)
             else:
-                gh, ghs = g_hprev, g_hsprev
-        gbias_out = gbias.sum(0).reshape(ctx.bias_shape) if ctx.needs_input_grad[4] else None
-        return gu, gi, gh, ghs, gbias_out, None
+                gh, ghs = c.r * gp + ghs * k[:, t], c.r_s * gp + ghs * z[:, t]
+        # The integrator backwards: g_i_t = gp_t tanh'(i_t / ρ) + α_i g_i_{t+1} (reverse scan).
+        th = torch.tanh(i_seq / c.rho)
+        b = gp_seq * (1.0 - th * th)
+        b[:, -1] += gi
+        alpha = h_seq.new_full((1, 1, N), c.alpha_i)
+        gu, _ = linear_scan(alpha, b, None, reverse=True)
+        gi0 = c.alpha_i * gu[:, 0]
+        gbias = gp_seq.sum(dim=(0, 1)).reshape(ctx.bias_shape) if ctx.needs_input_grad[4] else None
+        return gu, gi0, gh, ghs, gbias, None
 
 
 def src_loop(

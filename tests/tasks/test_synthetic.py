@@ -179,3 +179,23 @@ def test_bad_batch_arguments() -> None:
         task.batch(0)
     with pytest.raises(ValueError, match="max_samples"):
         next(task.iter_split("val", 4, max_samples=0))
+
+
+def test_loss_reads_last_valid_step_and_respects_masks() -> None:
+    task = create_task("adding", seq_len=10)
+    batch = task.batch(4, "train", gen())
+    per_step = torch.randn(4, 10, 1)
+    assert torch.allclose(task.loss(per_step, batch), task.loss(per_step[:, -1], batch))
+    lengths = torch.tensor([10, 3, 7, 1])
+    padded = batch._replace(lengths=lengths)
+    expected = ((per_step[torch.arange(4), lengths - 1] - batch.y) ** 2).mean()
+    assert torch.allclose(task.loss(per_step, padded), expected)
+    # Steps outside the mask do not count: changing them leaves loss and metrics unchanged.
+    sc = create_task("selective-copy", seq_len=20, n_tokens=3)
+    b = sc.batch(4, "train", gen())
+    logits = torch.randn(4, 20, sc.output_size)
+    other = torch.where(b.mask[..., None], logits, torch.randn_like(logits))
+    assert torch.equal(sc.loss(logits, b), sc.loss(other, b))
+    assert sc.metrics(logits, b) == sc.metrics(other, b)
+    perfect = torch.nn.functional.one_hot(b.y, sc.output_size).float() * 50
+    assert sc.metrics(perfect, b)["accuracy"] == 1.0

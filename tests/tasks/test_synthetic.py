@@ -199,3 +199,10 @@ def test_loss_reads_last_valid_step_and_respects_masks() -> None:
     assert sc.metrics(logits, b) == sc.metrics(other, b)
     perfect = torch.nn.functional.one_hot(b.y, sc.output_size).float() * 50
     assert sc.metrics(perfect, b)["accuracy"] == 1.0
+
+
+def test_default_generator_is_seeded_and_advances() -> None:
+    a, b = create_task("adding", seed=5), create_task("adding", seed=5)
+    first = a.batch(3)
+    assert torch.equal(first.x, b.batch(3).x)
+    assert not torch.equal(first.x, a.batch(3).x)

@@ -207,6 +207,16 @@ def regression_metrics(output: Tensor, batch: Batch, target: str) -> dict[str, f
     return {"loss": float(mse), "mse": float(mse), "nrmse": float(nrmse)}
 
 
+def default_generator(task: Task) -> torch.Generator:
+    """The task's own generator, seeded from `task.seed` on first use and then carried on,
+    so that successive `batch` calls without a generator draw fresh samples."""
+    gen = task.__dict__.get("_default_generator")
+    if gen is None:
+        gen = torch.Generator().manual_seed(int(getattr(task, "seed", 0)))
+        task.__dict__["_default_generator"] = gen
+    return gen
+
+
 def holdout(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Seeded split of range(n) into (kept, held out) index tensors, each in ascending order.
 
@@ -249,7 +259,7 @@ class GeneratedTask(Task):
         if seq_len is not None:
             check_int("seq_len", seq_len)
         if generator is None:
-            generator = torch.Generator().manual_seed(self.seed)
+            generator = default_generator(self)
         return self._generate(batch_size, split, generator, seq_len)
 
     def iter_split(
@@ -318,7 +328,7 @@ class ArrayTask(Task):
         self._no_seq_len(seq_len)
         inputs, labels = self._split_data(split)
         if generator is None:
-            generator = torch.Generator().manual_seed(self.seed)
+            generator = default_generator(self)
         idx = torch.randint(0, labels.shape[0], (batch_size,), generator=generator)
         return self._to_batch(inputs[idx], labels[idx])
 

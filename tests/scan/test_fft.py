@@ -1,0 +1,86 @@
+"""Causal convolution: FFT == direct == a plain loop, values and gradients, every dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from memrnn.scan.fft import direct_causal_conv, fft_causal_conv
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+CONVS = {"fft": fft_causal_conv, "direct": direct_causal_conv}
+
+
+def loop_causal_conv(u: Tensor, h: Tensor) -> Tensor:
+    """y[:, t] = sum_{j <= t, j < L} h[j] u[:, t - j], one step and one tap at a time."""
+    squeeze = h.dim() == 1
+    h2 = h.unsqueeze(-1) if squeeze else h
+    batch, steps, channels = u.shape
+    y = u.new_zeros(batch, steps, channels, h2.shape[1])
+    for t in range(steps):
+        for j in range(min(t + 1, h2.shape[0])):
+            y[:, t] += u[:, t - j, :, None] * h2[j]
+    return y.squeeze(-1) if squeeze else y
+
+
+def _draw(steps: int, taps: int, dtype: torch.dtype, vector: bool = False) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(steps * 1000 + taps)
+    u = torch.randn(2, steps, 3, generator=gen, dtype=torch.float64).to(dtype)
+    shape = (taps,) if vector else (taps, 5)
+    h = (torch.randn(shape, generator=gen, dtype=torch.float64) / taps**0.5).to(dtype)
+    return u, h
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("steps", "taps"), [(1, 1), (7, 7), (31, 31), (63, 20), (64, 64), (17, 40)])
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_convolution_matches_the_loop(name: str, steps: int, taps: int, dtype: torch.dtype) -> None:
+    u, h = _draw(steps, taps, dtype)
+    got = CONVS[name](u, h)
+    want = loop_causal_conv(u.double(), h.double())
+    assert got.shape == (2, steps, 3, 5) and got.dtype == dtype
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_a_vector_impulse_response_is_shared_by_all_channels(name: str) -> None:
+    u, h = _draw(13, 13, torch.float64, vector=True)
+    got = CONVS[name](u, h)
+    assert got.shape == (2, 13, 3)
+    torch.testing.assert_close(got, loop_causal_conv(u, h), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_fft_and_direct_gradients_agree(dtype: torch.dtype) -> None:
+    u, h = _draw(101, 101, dtype)
+    grad_out = torch.randn(2, 101, 3, 5, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = []
+    for conv in (fft_causal_conv, direct_causal_conv):
+        uu, hh = u.clone().requires_grad_(), h.clone().requires_grad_()
+        conv(uu, hh).backward(grad_out)
+        grads.append((uu.grad, hh.grad))
+    tol = TOLERANCE[dtype]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()))
+
+
+def test_gradcheck_in_float64() -> None:
+    u, h = _draw(9, 6, torch.float64)
+    u, h = u[:1, :, :2].clone().requires_grad_(), h[:, :2].clone().requires_grad_()
+    assert torch.autograd.gradcheck(fft_causal_conv, (u, h))
+    assert torch.autograd.gradcheck(direct_causal_conv, (u, h))
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_bad_shapes_and_dtypes_are_refused(name: str) -> None:
+    conv = CONVS[name]
+    with pytest.raises(ValueError, match=r"`u` must have shape \(B, T, C\)"):
+        conv(torch.zeros(4, 3), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"`h` must have shape \(L,\) or \(L, N\)"):
+        conv(torch.zeros(1, 4, 3), torch.zeros(4, 2, 2))
+    with pytest.raises(ValueError, match="L >= 1"):
+        conv(torch.zeros(1, 4, 3), torch.zeros(0, 2))
+    with pytest.raises(TypeError, match="share dtype and device"):
+        conv(torch.zeros(1, 4, 3), torch.zeros(4, 2, dtype=torch.float64))

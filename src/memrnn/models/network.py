@@ -171,6 +171,54 @@ class Network(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+class SpikingModel(nn.Module):
+    """The spiking network (memrnn.models.spiking) behind the Network interface.
+
+    The leaky-integrator readout is already one output per step; the "last" head reads it at
+    step lengths-1 (or T-1), the "mean" head averages it over the valid steps.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        from memrnn.models.spiking import SpikingConfig
+
+        self.config = config
+        if config.input_kind != "real":
+            raise ValueError("the spiking network takes real-valued (spike) inputs, not tokens")
+        self.net = SpikingConfig(
+            input_size=config.input_size, output_size=config.output_size, **config.spiking
+        ).build()
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> Any:
+        ref = self.net.readout.weight
+        return self.net.init_state(batch_size, ref.device if device is None else device,
+                                   ref.dtype if dtype is None else dtype)
+
+    def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None
+                ) -> tuple[Tensor, Any]:
+        out, state = self.net(x, state)  # (B, T, C)
+        B, T = out.shape[:2]
+        head = self.config.head
+        if head in ("sequence", "next-token"):
+            return out, state
+        steps = (torch.full((B,), T, device=out.device, dtype=torch.long) if lengths is None
+                 else lengths.to(device=out.device, dtype=torch.long))
+        if head == "last":
+            index = (steps - 1).view(B, 1, 1).expand(B, 1, out.shape[-1])
+            return out.gather(1, index).squeeze(1), state
+        mask = (torch.arange(T, device=out.device).view(1, T) < steps.view(B, 1)).to(out.dtype)
+        return (out * mask.unsqueeze(-1)).sum(1) / steps.to(out.dtype).unsqueeze(-1), state
+
+    def step(self, x_t: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        if self.config.head == "mean":
+            raise ValueError("SpikingModel: step() supports the 'last' and per-step heads")
+        return self.net.step(x_t, state)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
 class _Bare(nn.Module):
     """A unit used without norm, residual or MLP (the "direct" architecture)."""
 
@@ -188,4 +236,4 @@ class _Bare(nn.Module):
         return self.unit.step(x_t, state)
 
 
-__all__ = ["Network", "NetworkState"]
+__all__ = ["Network", "NetworkState", "SpikingModel"]

@@ -18,7 +18,7 @@ from torch import nn
 
 import memrnn.units
 from memrnn.models.config import ModelConfig, field_names
-from memrnn.models.network import Network
+from memrnn.models.network import Network, SpikingModel
 
 SMALL: dict[str, Any] = {"d_model": 64, "n_layers": 2}
 
@@ -68,9 +68,9 @@ register_model("lmu-psmnist", "parallel LMU psMNIST classifier (order 468, hidde
                "theta 784) with a linear readout", ("plmu",), arch="direct", unit="plmu",
                hidden_size=346, unit_kwargs={"order": 468, "theta": 784.0})
 register_model("src-mnist", "spiking recurrent cell network for spike-encoded MNIST",
-               ("spiking",), arch="spiking", spiking={})
+               ("spiking",), arch="spiking", spiking={"hidden_sizes": [128, 128]})
 register_model("src-digits", "spiking recurrent cell network for spike-encoded 8x8 digits",
-               ("spiking",), arch="spiking", spiking={})
+               ("spiking",), arch="spiking", spiking={"hidden_sizes": [64, 64]})
 
 
 def _spiking_available() -> bool:
@@ -155,9 +155,7 @@ def model_config(name: str, input_size: int, output_size: int, **overrides: Any)
 def build_model(config: ModelConfig) -> nn.Module:
     """Builds the model a ModelConfig describes (the way checkpoints are reloaded)."""
     if config.arch == "spiking":
-        from memrnn.models.spiking import build_spiking_model
-
-        return build_spiking_model(config)
+        return SpikingModel(config)
     return Network(config)
 
 

@@ -66,7 +66,7 @@ class MetricsLogger:
             time: float) -> None:
         row: dict[str, Any] = {"step": step, "split": split, "loss": f"{loss:.6g}",
                                "lr": f"{lr:.6g}", "time": f"{time:.3f}"}
-        row.update({k: f"{float(v):.6g}" for k, v in metrics.items()})
+        row.update({k: f"{float(v):.6g}" for k, v in metrics.items() if k not in FIXED})
         self.rows.append(row)
         if self._extend_columns(row):
             self._rewrite()

@@ -277,7 +277,7 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
                 logger.log(step, "train", float(loss.detach()), metrics, lr, elapsed)
                 if bar is not None:
                     rate = config.batch_size * (step - start) / max(elapsed, 1e-9)
-                    bar.set_postfix(loss=f"{float(loss):.4g}",
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}",
                                     **{metric_name: f"{metrics.get(metric_name, float('nan')):.4g}"},
                                     samples_s=f"{rate:.0f}")
             if bar is not None:

@@ -1,0 +1,223 @@
+"""The `memrnn` command (also `python -m memrnn`).
+
+    memrnn train --model bmru-small --task copy-first-input --seq-len 300 --steps 2000 --out runs/x
+    memrnn train --config run.yaml --lr 1e-3 --model.d_model 128 --task.seed 3
+    memrnn train --out runs/x --resume --steps 4000
+    memrnn eval --checkpoint runs/x --seq-len 3000 --split test
+    memrnn list
+    memrnn plot --run runs/x
+    memrnn plot --checkpoint runs/x --states
+
+`train` takes any TrainConfig key as `--key value` (dashes or underscores); mistakes in names,
+types or paths print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from memrnn.train.config import UsageError
+
+EXIT_USAGE = 2
+
+
+def parse_overrides(tokens: list[str]) -> tuple[str | None, dict[str, str]]:
+    """`--key value`, `--key=value` and bare `--flag` (true) tokens -> (config file, overrides)."""
+    overrides: dict[str, str] = {}
+    config_file = None
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise UsageError(f"unexpected argument {token!r}; options are written --key value")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                value = tokens[i + 1]
+                i += 1
+            elif key.startswith("no-") or key.startswith("no_"):
+                key, value = key[3:], "false"
+            else:
+                value = "true"
+        if key == "config":
+            config_file = value
+        else:
+            overrides[key] = value
+        i += 1
+    return config_file, overrides
+
+
+def cmd_train(tokens: list[str]) -> int:
+    from memrnn.train.config import normalise_key, resolve_config
+    from memrnn.train.loop import load_run_config, train
+
+    if any(t in ("-h", "--help") for t in tokens):
+        print(__doc__)
+        return 0
+    config_file, overrides = parse_overrides(tokens)
+    overrides = {normalise_key(k): v for k, v in overrides.items()}
+    base = None
+    resume = overrides.get("resume", "false").lower() in ("true", "1", "yes", "on")
+    if resume:
+        if "out" not in overrides:
+            raise UsageError("--resume needs --out RUN_FOLDER (the run to continue)")
+        base = load_run_config(overrides["out"])
+        # The saved stop_at ended the earlier invocation; a resumed run goes on to `steps`.
+        base["stop_at"] = None
+    config = resolve_config(config_file, overrides, base=base)
+    result = train(config, echo=True)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
+    print(f"step {result.step}: val {summary} (train time {result.train_time:.1f} s); "
+          f"checkpoints in {result.run_dir}")
+    return 0
+
+
+def _checkpoint_context(path: str) -> tuple[Any, Any, dict[str, Any], Path]:
+    from memrnn.train.checkpoint import find_checkpoint, load_model, load_training
+
+    try:
+        folder = find_checkpoint(path)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    model, _ = load_model(folder)
+    training = load_training(folder)
+    return model, folder, training, folder.parent
+
+
+def _task_of(training: dict[str, Any]) -> Any:
+    from memrnn.train.loop import build_task
+
+    cfg = training.get("train_config") or {}
+    if "task" not in cfg:
+        raise UsageError("this checkpoint does not record its task; train it with `memrnn train`")
+    return build_task(cfg["task"], cfg.get("seq_len"), **(cfg.get("task_kwargs") or {}))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from memrnn.train.loop import evaluate
+
+    model, folder, training, run_dir = _checkpoint_context(args.checkpoint)
+    task = _task_of(training)
+    cfg = training.get("train_config") or {}
+    loss, metrics = evaluate(model, task, args.split, args.samples or cfg.get("eval_samples", 512),
+                             args.batch_size, seq_len=args.seq_len)
+    length = args.seq_len or "default"
+    result = {"checkpoint": str(folder), "split": args.split, "seq_len": args.seq_len,
+              "step": training.get("step"), **metrics, "loss": loss}
+    print(f"{folder} ({cfg.get('model')} on {cfg.get('task')}, step {training.get('step')}), "
+          f"split {args.split}, length {length}: loss={loss:.4g} "
+          + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss"))
+    name = f"eval_{args.split}_{args.seq_len or 'default'}.json"
+    try:
+        (run_dir / name).write_text(json.dumps(result, indent=2))
+    except OSError:
+        pass
+    return 0
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    from memrnn.models.registry import describe_models
+
+    print("models:")
+    for name, text in describe_models().items():
+        print(f"  {name:22s} {text}")
+    print("tasks:")
+    for name, text in _describe_tasks().items():
+        print(f"  {name:22s} {text}")
+    return 0
+
+
+def _describe_tasks() -> dict[str, str]:
+    try:
+        from memrnn.tasks.registry import get_task_class, list_tasks
+    except ImportError:
+        return {}
+    out = {}
+    for name in list_tasks():
+        doc = (get_task_class(name).__doc__ or "").strip().splitlines()
+        out[name] = doc[0] if doc else ""
+    return out
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    if args.states:
+        if not args.checkpoint:
+            raise UsageError("--states needs --checkpoint RUN_FOLDER")
+        return _plot_states(args)
+    run = args.run or args.checkpoint
+    if not run:
+        raise UsageError("plot needs --run RUN_FOLDER (learning curves) or --checkpoint RUN_FOLDER --states")
+    from memrnn.viz.curves import plot_curves
+
+    if not (Path(run) / "metrics.csv").is_file():
+        raise UsageError(f"{run!r} has no metrics.csv; pass a run folder written by `memrnn train`")
+    print(plot_curves(run, args.out))
+    return 0
+
+
+def _plot_states(args: argparse.Namespace) -> int:
+    import torch
+
+    from memrnn.viz.states import plot_states
+
+    model, folder, training, run_dir = _checkpoint_context(args.checkpoint)
+    task = _task_of(training)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = task.batch(1, args.split, generator, seq_len=args.seq_len)
+    x = batch.x[0]
+    if batch.lengths is not None:
+        x = x[: int(batch.lengths[0])]
+    cfg = training.get("train_config") or {}
+    out = args.out or run_dir / "states.png"
+    title = f"{cfg.get('model')} on {cfg.get('task')}: states over time (one {args.split} sample)"
+    print(plot_states(model, x, out, title=title))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memrnn", description="Parallelizable recurrent "
+                                     "networks with persistent memory.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train a model on a task (any TrainConfig key as --key value)",
+                   add_help=False)
+    p = sub.add_parser("eval", help="evaluate a checkpoint, optionally at another length")
+    p.add_argument("--checkpoint", required=True, help="run folder (best, else last) or checkpoint folder")
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    sub.add_parser("list", help="registered models and tasks")
+    p = sub.add_parser("plot", help="learning curves, or hidden states over time")
+    p.add_argument("--run", default=None, help="run folder: learning curves from metrics.csv")
+    p.add_argument("--checkpoint", default=None, help="run or checkpoint folder (with --states)")
+    p.add_argument("--states", action="store_true", help="plot hidden states of one sample")
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="PNG path (default: inside the run folder)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv and argv[0] == "train":
+            return cmd_train(argv[1:])
+        args = parser.parse_args(argv)
+        handlers = {"eval": cmd_eval, "list": cmd_list, "plot": cmd_plot}
+        return handlers[args.command](args)
+    except UsageError as err:
+        print(f"memrnn: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("memrnn: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,6 +44,7 @@ Args:
     z_dep: slow gate at depolarisation (default 0).
     bias_init: initial b_h (default −6).
     bias_max: upper bound on the effective b_h (default −4).
+    weight_gain: scale of W_s's initialisation relative to nn.Linear's (default 1).
     straight_through: straight-through ReLU gradient (default False).
     detach_recurrence: detach h, hs in the recurrence (default False).
     fused: run sequences through the fused loop (default True); False runs `src_step` per step.
@@ -260,6 +261,7 @@ class SRC(RecurrentUnit):
         z_dep: float = 0.0,
         bias_init: float = -6.0,
         bias_max: float = -4.0,
+        weight_gain: float = 1.0,
         straight_through: bool = False,
         detach_recurrence: bool = False,
         fused: bool = True,
@@ -280,6 +282,7 @@ class SRC(RecurrentUnit):
         )
         self.bias_init = float(bias_init)
         self.bias_max = float(bias_max)
+        self.weight_gain = float(weight_gain)
         self.fused = bool(fused)
         factory = {"device": device, "dtype": dtype}
         self.weight_s = nn.Parameter(torch.empty(hidden_size, input_size, **factory))  # (N, D)
@@ -289,9 +292,11 @@ class SRC(RecurrentUnit):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # nn.Linear's default init for W_s; b_h = -6 puts the neuron at a silent rest (paper §2).
+        # nn.Linear's default init for W_s, scaled by weight_gain (ours: sparse spike inputs need
+        # a larger gain to bring deeper layers above threshold); b_h = -6: silent rest (paper).
         nn.init.kaiming_uniform_(self.weight_s, a=math.sqrt(5))
         with torch.no_grad():
+            self.weight_s.mul_(self.weight_gain)
             self.bias_h.fill_(self.bias_init)
         self._rest_cache.clear()
         self._rest_bias = None

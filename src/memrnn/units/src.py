@@ -13,8 +13,7 @@ them end and keeps the neuron refractory. Per neuron, per step:
 Implementation notes (ours):
 
 - The recurrence is nonlinear, so it runs step by step. `W_s s` is computed for the whole
-  sequence in one matmul, and the input integrator (linear in i) with one linear scan; only
-  the h/hs recurrence then loops per step, inside one autograd Function with a hand-written
+  sequence in one matmul; the h/hs recurrence then loops per step inside one autograd Function with a hand-written
   backward (`src_loop`), so autograd records one node per sequence instead of ~15 per step.
   The loop groups the operations exactly as `src_step` does, so both paths agree to rounding;
   `src_loop_reference` (a plain loop of `src_step`) is the ground truth it is tested against.
@@ -129,19 +128,24 @@ def src_loop_reference(
 class _SRCLoop(torch.autograd.Function):
     """The whole recurrence as one autograd node, with a hand-written backward through time.
 
-    Everything that does not depend on the (h, hs) recurrence runs over the whole sequence at
-    once: the integrator i (a linear scan), the drive x + b_h, and in the backward pass the
-    local derivatives and the integrator's reverse scan. Only the h/hs loop stays per step.
+    What does not depend on the (h, hs) recurrence runs over the whole sequence at once: the
+    drive x + b_h, and in the backward pass the local derivatives and the integrator's reverse
+    scan. The forward integrator and the h/hs recurrence loop per step.
     """
 
     @staticmethod
     def forward(ctx, u, i0, h0, hs0, bias, c: SRCConstants):  # type: ignore[override]
         B, T, N = u.shape
-        alpha = u.new_full((1, 1, N), c.alpha_i)
-        i_seq, i_last = linear_scan(alpha, u, i0)  # (B, T, N)
-        xb = c.rho * torch.tanh(i_seq / c.rho) + bias  # (B, T, N)
+        i_seq = u.new_empty(B, T, N)
         h_seq = u.new_empty(B, T, N)
         hs_seq = u.new_empty(B, T, N)
+        # The integrator runs as the same sequential update as src_step (not as a scan) so
+        # that float32 results stay bitwise equal to the step-by-step path.
+        i = i0
+        for t in range(T):
+            i = c.alpha_i * i + u[:, t]
+            i_seq[:, t] = i
+        xb = c.rho * torch.tanh(i_seq / c.rho) + bias  # (B, T, N)
         h, hs = h0, hs0
         for t in range(T):
             h_new = torch.tanh(xb[:, t] + c.r * h + c.r_s * hs)
@@ -154,7 +158,7 @@ class _SRCLoop(torch.autograd.Function):
         ctx.save_for_backward(i_seq, h_seq, hs_seq, h0, hs0)
         ctx.constants = c
         ctx.bias_shape = bias.shape
-        return y, i_last, h.clone(), hs.clone()
+        return y, i.clone(), h.clone(), hs.clone()
 
     @staticmethod
     def backward(ctx, gy, gi, gh, ghs):  # type: ignore[override]

@@ -1,0 +1,78 @@
+import os
+
+import pytest
+import torch
+
+import memrnn.train.checkpoint as checkpoint
+from memrnn.models import build_model, list_models, model_config
+from memrnn.train.checkpoint import (
+    find_checkpoint,
+    load_model,
+    load_training,
+    save_checkpoint,
+)
+from memrnn.units import UNITS
+
+
+def _model(seed: int = 0):
+    name = "lru-small" if "lru" in UNITS else list_models()[0]  # the LRU has complex weights
+    cfg = model_config(name, 2, 3, d_model=8)
+    torch.manual_seed(seed)
+    return build_model(cfg), cfg
+
+
+def _same(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_rebuilds_model_and_training_state(tmp_path):
+    model, cfg = _model()
+    folder = save_checkpoint(tmp_path, "last", model, cfg, {"step": 7, "best": 0.5})
+    assert sorted(os.listdir(folder)) == ["model.safetensors", "model_config.json", "training.pt"]
+    loaded, loaded_cfg = load_model(tmp_path)
+    assert loaded_cfg == cfg and _same(model, loaded)
+    assert load_training(folder)["step"] == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+
+def test_a_failure_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    old, cfg = _model(0)
+    save_checkpoint(tmp_path, "last", old, cfg, {"step": 1})
+    new, _ = _model(1)
+
+    def broken_save(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, "last", new, cfg, {"step": 2})
+    monkeypatch.undo()
+    loaded, _ = load_model(tmp_path, "last")
+    assert _same(old, loaded) and load_training(tmp_path / "last")["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+
+def test_interrupted_swap_falls_back_to_the_old_checkpoint(tmp_path):
+    model, cfg = _model()
+    save_checkpoint(tmp_path, "last", model, cfg, {"step": 3})
+    # A crash between the two renames leaves only the old folder.
+    os.replace(tmp_path / "last", tmp_path / ".last.old")
+    assert find_checkpoint(tmp_path) == tmp_path / ".last.old"
+    loaded, _ = load_model(tmp_path)
+    assert _same(model, loaded)
+    save_checkpoint(tmp_path, "last", model, cfg, {"step": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_best_is_preferred_and_missing_checkpoint_is_explained(tmp_path):
+    model, cfg = _model()
+    save_checkpoint(tmp_path, "last", model, cfg, {"step": 2})
+    save_checkpoint(tmp_path, "best", model, cfg, {"step": 1})
+    assert find_checkpoint(tmp_path) == tmp_path / "best"
+    assert find_checkpoint(tmp_path, "last") == tmp_path / "last"
+    assert find_checkpoint(tmp_path / "last") == tmp_path / "last"
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        find_checkpoint(tmp_path / "elsewhere")

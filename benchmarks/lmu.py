@@ -55,7 +55,9 @@ def modes_agree(layer: ParallelLMU, head: nn.Linear, x: Tensor, target: Tensor) 
         results[mode] = [loss.detach(), *_gradients([layer64, head64], loss)]
     ref = results["recurrent"]
     return {
-        mode: all(torch.allclose(a, b, rtol=1e-8, atol=1e-10) for a, b in zip(got, ref, strict=True))
+        mode: all(
+            torch.allclose(a, b, rtol=1e-8, atol=1e-10) for a, b in zip(got, ref, strict=True)
+        )
         for mode, got in results.items()
     }
 
@@ -95,16 +97,22 @@ def train_steps(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str
         slow = mode == "recurrent"
         seconds[mode] = time_fn(
             lambda mode=mode: lmu_step(mode),
-            repeats=2 if slow else args.repeats, warmup=0 if slow else 1, max_seconds=args.max_seconds,
+            repeats=2 if slow else args.repeats,
+            warmup=0 if slow else 1,
+            max_seconds=args.max_seconds,
         )
         print(f"#   plmu {mode:9s} {seconds[mode]:.4f} s/step")
-    seconds["lstm"] = time_fn(lstm_step, repeats=args.repeats, warmup=1, max_seconds=args.max_seconds)
+    seconds["lstm"] = time_fn(
+        lstm_step, repeats=args.repeats, warmup=1, max_seconds=args.max_seconds
+    )
     print(f"#   lstm      {seconds['lstm']:.4f} s/step")
 
     # The float32 losses of the timed runs must also agree (the check above is float64).
     with torch.no_grad():
         losses = {mode: _lmu_loss(layer, head, x, target, mode).item() for mode in LMU_MODES}
-    float32_ok = {m: abs(v - losses["recurrent"]) <= 1e-4 * max(1.0, abs(v)) for m, v in losses.items()}
+    float32_ok = {
+        m: abs(v - losses["recurrent"]) <= 1e-4 * max(1.0, abs(v)) for m, v in losses.items()
+    }
 
     rows = []
     for name in (*LMU_MODES, "lstm"):
@@ -112,7 +120,10 @@ def train_steps(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str
         row = {
             "model": "lstm" if name == "lstm" else "plmu",
             "mode": "recurrent" if name == "lstm" else name,
-            "batch": args.batch, "steps": args.steps, "order": args.order, "hidden": args.hidden,
+            "batch": args.batch,
+            "steps": args.steps,
+            "order": args.order,
+            "hidden": args.hidden,
             "params": (4 * (width + width * width + 2 * width)) if name == "lstm" else lmu_params,
             "seconds": seconds[name],
             "agrees": ok,
@@ -122,15 +133,32 @@ def train_steps(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str
         if name == "lstm":
             row["hidden"] = width
         rows.append(row)
-    best = min((r for r in rows if r["model"] == "plmu" and r["mode"] != "recurrent" and r["agrees"]),
-               key=lambda r: r["seconds"], default=None)
-    print(format_table(rows, ["model", "mode", "params", "seconds", "agrees",
-                              "speedup_vs_recurrent", "speedup_vs_lstm"]))
+    best = min(
+        (r for r in rows if r["model"] == "plmu" and r["mode"] != "recurrent" and r["agrees"]),
+        key=lambda r: r["seconds"],
+        default=None,
+    )
+    print(
+        format_table(
+            rows,
+            [
+                "model",
+                "mode",
+                "params",
+                "seconds",
+                "agrees",
+                "speedup_vs_recurrent",
+                "speedup_vs_lstm",
+            ],
+        )
+    )
     if best is None:
         print("# no parallel mode agrees with recurrent mode: no speed-up reported")
     else:
-        print(f"# best parallel mode: {best['mode']}, {best['speedup_vs_recurrent']:.1f}x faster "
-              f"than recurrent mode, {best['speedup_vs_lstm']:.1f}x faster than the LSTM")
+        print(
+            f"# best parallel mode: {best['mode']}, {best['speedup_vs_recurrent']:.1f}x faster "
+            f"than recurrent mode, {best['speedup_vs_lstm']:.1f}x faster than the LSTM"
+        )
     return rows
 
 
@@ -138,7 +166,7 @@ def crossover(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Training-step time of raw vs fft per length, for a small and the psMNIST order."""
     rows = []
     lengths = (4, 8, 16, 32, 64, 128) if args.quick else (8, 16, 32, 64, 96, 128, 256, 512)
-    for order in ((8, 32) if args.quick else (8, 64, 468)):
+    for order in (8, 32) if args.quick else (8, 64, 468):
         torch.manual_seed(0)
         layer = ParallelLMU(1, args.hidden, order=order, theta=max(lengths))
         head = nn.Linear(args.hidden, 10)
@@ -148,11 +176,22 @@ def crossover(args: argparse.Namespace) -> list[dict[str, Any]]:
             times = {}
             for mode in ("raw", "fft"):
                 times[mode] = time_fn(
-                    lambda mode=mode: _lmu_loss(layer, head, x, target, mode).backward(),
-                    repeats=args.repeats, warmup=1, max_seconds=args.max_seconds,
+                    lambda mode=mode, layer=layer, head=head, x=x, target=target: _lmu_loss(
+                        layer, head, x, target, mode
+                    ).backward(),
+                    repeats=args.repeats,
+                    warmup=1,
+                    max_seconds=args.max_seconds,
                 )
-            rows.append({"order": order, "steps": steps, "raw_s": times["raw"], "fft_s": times["fft"],
-                         "fft_over_raw": times["fft"] / times["raw"]})
+            rows.append(
+                {
+                    "order": order,
+                    "steps": steps,
+                    "raw_s": times["raw"],
+                    "fft_s": times["fft"],
+                    "fft_over_raw": times["fft"] / times["raw"],
+                }
+            )
     print(format_table(rows, ["order", "steps", "raw_s", "fft_s", "fft_over_raw"]))
     return rows
 
@@ -171,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     defaults = (
         {"batch": 4, "steps": 64, "order": 16, "hidden": 32, "theta": 64.0}
-        if args.quick else {"batch": 32, "steps": 784, "order": 468, "hidden": 346, "theta": 784.0}
+        if args.quick
+        else {"batch": 32, "steps": 784, "order": 468, "hidden": 346, "theta": 784.0}
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:

@@ -33,7 +33,9 @@ def _draw(steps: int, taps: int, dtype: torch.dtype, vector: bool = False) -> tu
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize(("steps", "taps"), [(1, 1), (7, 7), (31, 31), (63, 20), (64, 64), (17, 40)])
+@pytest.mark.parametrize(
+    ("steps", "taps"), [(1, 1), (7, 7), (31, 31), (63, 20), (64, 64), (17, 40)]
+)
 @pytest.mark.parametrize("name", sorted(CONVS))
 def test_convolution_matches_the_loop(name: str, steps: int, taps: int, dtype: torch.dtype) -> None:
     u, h = _draw(steps, taps, dtype)

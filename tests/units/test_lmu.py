@@ -14,11 +14,11 @@ from memrnn.scan.fft import fft_causal_conv
 from memrnn.units import UNITS
 from memrnn.units.lmu import (
     LMU,
+    RAW_FFT_CROSSOVER,
+    LegendreMemory,
     LMUCell,
     LMUState,
     ParallelLMU,
-    RAW_FFT_CROSSOVER,
-    LegendreMemory,
     choose_lmu_mode,
     impulse_response,
     legendre_matrices,
@@ -41,7 +41,8 @@ def test_zoh_matches_scipy(order: int, theta: float) -> None:
     a, b = legendre_matrices(order)
     want_a, want_b, *_ = signal.cont2discrete(
         (a.numpy() / theta, b.numpy()[:, None] / theta, np.eye(order), np.zeros((order, 1))),
-        dt=1.0, method="zoh",
+        dt=1.0,
+        method="zoh",
     )
     a_bar, b_bar = legendre_system(order, theta)
     assert a_bar.dtype == b_bar.dtype == torch.float64
@@ -52,7 +53,9 @@ def test_zoh_matches_scipy(order: int, theta: float) -> None:
 
 def test_legendre_matrices_follow_the_formula() -> None:
     a, b = legendre_matrices(3)
-    want_a = torch.tensor([[-1.0, -1.0, -1.0], [3.0, -3.0, -3.0], [-5.0, 5.0, -5.0]], dtype=torch.float64)
+    want_a = torch.tensor(
+        [[-1.0, -1.0, -1.0], [3.0, -3.0, -3.0], [-5.0, 5.0, -5.0]], dtype=torch.float64
+    )
     torch.testing.assert_close(a, want_a)
     torch.testing.assert_close(b, torch.tensor([1.0, -3.0, 5.0], dtype=torch.float64))
 
@@ -116,7 +119,9 @@ def _layer(memory_d: int, dtype: torch.dtype, **kwargs) -> ParallelLMU:
     return ParallelLMU(3, 5, order=8, theta=16, memory_d=memory_d, dtype=dtype, **kwargs)
 
 
-def _run(layer: ParallelLMU, x: Tensor, mode: str, state: LMUState | None = None, last: bool = False):
+def _run(
+    layer: ParallelLMU, x: Tensor, mode: str, state: LMUState | None = None, last: bool = False
+):
     layer.mode = mode
     layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()
@@ -175,7 +180,11 @@ def test_gradient_of_the_initial_state_matches_recurrent(mode: str) -> None:
     x = torch.randn(2, 50, 3, generator=gen, dtype=torch.float64)
     m0 = torch.randn(2, 2, 8, generator=gen, dtype=torch.float64).requires_grad_()
     last = mode == "final"
-    _assert_same(_run(layer, x, mode, LMUState(m0), last), _run(layer, x, "recurrent", LMUState(m0), last), 1e-10)
+    _assert_same(
+        _run(layer, x, mode, LMUState(m0), last),
+        _run(layer, x, "recurrent", LMUState(m0), last),
+        1e-10,
+    )
 
 
 def test_step_streams_what_the_parallel_forward_computed() -> None:
@@ -194,8 +203,17 @@ def test_step_streams_what_the_parallel_forward_computed() -> None:
 def test_truncated_raw_stays_within_its_bound() -> None:
     """‖m_t(truncated) − m_t‖ ≤ tol · ‖H_{0:T}‖_F · ‖u_{1:t}‖ (truncation_length's bound)."""
     tol, steps = 1e-3, 300
-    layer = ParallelLMU(1, 8, order=8, theta=30, mode="raw", hidden_activation="identity",
-                        truncation_tol=tol, input_skip=False, dtype=torch.float64)
+    layer = ParallelLMU(
+        1,
+        8,
+        order=8,
+        theta=30,
+        mode="raw",
+        hidden_activation="identity",
+        truncation_tol=tol,
+        input_skip=False,
+        dtype=torch.float64,
+    )
     # W_m = I and b_o = 0 make the output the memory itself.
     with torch.no_grad():
         layer.memory_out.weight.copy_(torch.eye(8))
@@ -299,9 +317,7 @@ def test_lmu_without_feedback_is_the_parallel_layer() -> None:
     assert layer.core.mode == "fft"
 
 
-@pytest.mark.parametrize(
-    "flag", ["hidden_to_memory", "memory_to_memory", "hidden_to_hidden"]
-)
+@pytest.mark.parametrize("flag", ["hidden_to_memory", "memory_to_memory", "hidden_to_hidden"])
 def test_lmu_with_any_feedback_is_the_recurrent_cell(flag: str) -> None:
     flags = {"hidden_to_memory": False, "memory_to_memory": False, "hidden_to_hidden": False}
     layer = LMU(2, 4, order=6, theta=10, **{**flags, flag: True})
@@ -355,7 +371,9 @@ def test_bad_hyperparameters_are_refused(cls: type) -> None:
 
 
 def test_parallel_layer_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown mode 'fast'; expected one of \('parallel', 'auto'"):
+    with pytest.raises(
+        ValueError, match=r"unknown mode 'fast'; expected one of \('parallel', 'auto'"
+    ):
         ParallelLMU(1, 4, order=4, theta=8, mode="fast")
     with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
         ParallelLMU(1, 4, order=4, theta=8, memory_activation="sigmoid")

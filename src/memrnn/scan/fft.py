@@ -32,7 +32,9 @@ def _check(u: Tensor, h: Tensor, owner: str) -> None:
     if u.dim() != 3:
         raise ValueError(f"{owner}: `u` must have shape (B, T, C); got {tuple(u.shape)}")
     if h.dim() not in (1, 2) or h.shape[0] == 0:
-        raise ValueError(f"{owner}: `h` must have shape (L,) or (L, N) with L >= 1; got {tuple(h.shape)}")
+        raise ValueError(
+            f"{owner}: `h` must have shape (L,) or (L, N) with L >= 1; got {tuple(h.shape)}"
+        )
     if u.dtype != h.dtype or u.device != h.device:
         raise TypeError(
             f"{owner}: `u` and `h` must share dtype and device; got {u.dtype}/{u.device} "

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -203,7 +204,7 @@ class LegendreMemory:
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
         self.cache_size = cache_size
 
-    def _cached(self, key: tuple, build) -> Tensor:  # noqa: ANN001 - a zero-argument callable
+    def _cached(self, key: tuple, build: Callable[[], Tensor]) -> Tensor:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -289,13 +290,24 @@ class _FixedMemoryMixin:
 
     memory: LegendreMemory
 
-    def _register_memory(self, order: int, theta: float, discretizer: str, device, dtype) -> None:  # noqa: ANN001
+    def _register_memory(
+        self,
+        order: int,
+        theta: float,
+        discretizer: str,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
         self.memory = LegendreMemory(order, theta, discretizer)
         dtype = dtype or torch.get_default_dtype()
-        self.register_buffer("A_bar", self.memory.a64.to(device=device, dtype=dtype), persistent=False)
-        self.register_buffer("B_bar", self.memory.b64.to(device=device, dtype=dtype), persistent=False)
+        self.register_buffer(
+            "A_bar", self.memory.a64.to(device=device, dtype=dtype), persistent=False
+        )
+        self.register_buffer(
+            "B_bar", self.memory.b64.to(device=device, dtype=dtype), persistent=False
+        )
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - torch's private hook
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         super()._apply(fn, recurse)
         # Casting the float32 buffer to float64 would keep float32 rounding: recast the masters.
         self.A_bar = self.memory.a64.to(device=self.A_bar.device, dtype=self.A_bar.dtype)
@@ -312,7 +324,8 @@ class LMUState(NamedTuple):
 class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
     """Parallel Legendre Memory Unit layer (Chilkuri & Eliasmith, ICML 2021).
 
-    u_t = f1(U x_t + b_u);  m_t = Ā m_{t−1} + B̄ u_t (per channel);  o_t = f2(W_m m_t + W_x x_t + b_o).
+    u_t = f1(U x_t + b_u);  m_t = Ā m_{t−1} + B̄ u_t (per channel);
+    o_t = f2(W_m m_t + W_x x_t + b_o).
     The memory is a causal convolution with the impulse response H_j = Ā^j B̄ plus the free
     response Ā^t m_0 of a carried state, so chunked calls equal one call in every mode.
 
@@ -324,9 +337,11 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         memory_d: C, memory channels (default 1), all sharing Ā, B̄.
         mode: "auto" (default: `choose_lmu_mode` per call), "parallel" (the same rule but
             never "final": the name every parallelizable unit shares, so stacks and hybrids
-            can switch all units at once), "fft" (FFT convolution, padded to 2T), "raw" (direct convolution, optionally truncated), "final" (only m_T, one
-            matrix product with the reversed u; returns the last step only, y: (B, 1, H)),
-            "recurrent" (step by step, same weights).
+            can switch all units at once), "fft" (FFT convolution, padded to 2T), "raw"
+            (direct convolution, optionally truncated), "final" (only m_T, one matrix
+            product with the reversed u; returns the last step only, y: (B, 1, H)),
+            "recurrent" (step by step, same weights). "parallel" is first in `modes`, as
+            for every parallelizable unit; the constructor default is "auto".
         memory_activation: f1, one of "identity" (default), "relu", "tanh", "gelu".
         hidden_activation: f2, same choices, default "tanh".
         discretizer: "zoh" (default) or "euler".
@@ -375,7 +390,9 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         if truncation_tol is not None and not (
             isinstance(truncation_tol, (int, float)) and 0 <= truncation_tol < 1
         ):
-            raise ValueError(f"{owner}: `truncation_tol` must be None or in [0, 1), got {truncation_tol!r}")
+            raise ValueError(
+                f"{owner}: `truncation_tol` must be None or in [0, 1), got {truncation_tol!r}"
+            )
         self.truncation_tol = truncation_tol
         self.return_sequences = bool(return_sequences)
         self.memory_activation = _activation(memory_activation, owner)
@@ -383,16 +400,22 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         factory = {"device": device, "dtype": dtype}
         self.encoder = nn.Linear(input_size, memory_d, bias=encoder_bias, **factory)  # U, b_u
         self.memory_out = nn.Linear(memory_d * order, hidden_size, **factory)  # W_m, b_o
-        self.input_out = nn.Linear(input_size, hidden_size, bias=False, **factory) if input_skip else None
+        self.input_out = (
+            nn.Linear(input_size, hidden_size, bias=False, **factory) if input_skip else None
+        )
         self._register_memory(self.order, self.theta, discretizer, device, dtype)
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> LMUState:
         device = self._param_device() if device is None else device
         dtype = self._param_dtype() if dtype is None else dtype
-        return LMUState(torch.zeros(batch_size, self.memory_d, self.order, device=device, dtype=dtype))
+        return LMUState(
+            torch.zeros(batch_size, self.memory_d, self.order, device=device, dtype=dtype)
+        )
 
     def resolve_mode(self, seq_len: int) -> str:
         """The mode a call with `seq_len` steps runs in."""
@@ -519,12 +542,18 @@ class LMUCell(_FixedMemoryMixin, RecurrentUnit):
             nn.Linear(features, memory_d, bias=False, **factory) if memory_to_memory else None
         )  # e_m
         self.memory_out = nn.Linear(features, hidden_size, **factory)  # W_m, b
-        self.input_out = nn.Linear(input_size, hidden_size, bias=False, **factory) if input_to_hidden else None
-        self.hidden_out = nn.Linear(hidden_size, hidden_size, bias=False, **factory) if hidden_to_hidden else None
+        self.input_out = (
+            nn.Linear(input_size, hidden_size, bias=False, **factory) if input_to_hidden else None
+        )
+        self.hidden_out = (
+            nn.Linear(hidden_size, hidden_size, bias=False, **factory) if hidden_to_hidden else None
+        )
         self._register_memory(self.order, self.theta, discretizer, device, dtype)
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> LMUCellState:
         device = self._param_device() if device is None else device
@@ -592,16 +621,35 @@ class LMU(RecurrentUnit):
         super().__init__(input_size, hidden_size)
         if self.feedback_free:
             self.core: RecurrentUnit = ParallelLMU(
-                input_size, hidden_size, order, theta, memory_d,
-                memory_activation="identity", hidden_activation=hidden_activation,
-                discretizer=discretizer, truncation_tol=truncation_tol,
-                input_skip=input_to_hidden, encoder_bias=False, device=device, dtype=dtype,
+                input_size,
+                hidden_size,
+                order,
+                theta,
+                memory_d,
+                memory_activation="identity",
+                hidden_activation=hidden_activation,
+                discretizer=discretizer,
+                truncation_tol=truncation_tol,
+                input_skip=input_to_hidden,
+                encoder_bias=False,
+                device=device,
+                dtype=dtype,
             )
         else:
             self.core = LMUCell(
-                input_size, hidden_size, order, theta, memory_d, hidden_activation, discretizer,
-                hidden_to_memory, memory_to_memory, input_to_hidden, hidden_to_hidden,
-                device=device, dtype=dtype,
+                input_size,
+                hidden_size,
+                order,
+                theta,
+                memory_d,
+                hidden_activation,
+                discretizer,
+                hidden_to_memory,
+                memory_to_memory,
+                input_to_hidden,
+                hidden_to_hidden,
+                device=device,
+                dtype=dtype,
             )
         self.mode = self.modes[0] if mode is None else mode
 
@@ -613,7 +661,9 @@ class LMU(RecurrentUnit):
     mode = property(RecurrentUnit.mode.fget, _set_mode)
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> NamedTuple:
         return self.core.init_state(batch_size, device=device, dtype=dtype)
@@ -636,7 +686,9 @@ def psmnist_parameter_count(input_skip: bool = True, verbose: bool = False) -> i
     """Parameters of the paper's psMNIST model: ParallelLMU(1 → 346, order 468, θ = 784,
     one memory channel) and a 10-class linear head. With the input skip W_x and all biases
     this is 166,092 (+0.66% over the paper's "165k"); without W_x, 165,746 (+0.45%)."""
-    layer = ParallelLMU(1, 346, order=468, theta=784, memory_d=1, input_skip=input_skip, device="meta")
+    layer = ParallelLMU(
+        1, 346, order=468, theta=784, memory_d=1, input_skip=input_skip, device="meta"
+    )
     head = nn.Linear(346, 10, device="meta")
     parts = {name: p.numel() for name, p in layer.named_parameters()}
     parts.update({f"head.{name}": p.numel() for name, p in head.named_parameters()})
@@ -644,8 +696,10 @@ def psmnist_parameter_count(input_skip: bool = True, verbose: bool = False) -> i
     if verbose:
         for name, count in parts.items():
             print(f"{name:28s} {count:>9,d}")
-        print(f"{'total':28s} {total:>9,d}  (paper: ~{PSMNIST_PAPER_PARAMS:,d}, "
-              f"{100 * (total / PSMNIST_PAPER_PARAMS - 1):+.2f}%)")
+        print(
+            f"{'total':28s} {total:>9,d}  (paper: ~{PSMNIST_PAPER_PARAMS:,d}, "
+            f"{100 * (total / PSMNIST_PAPER_PARAMS - 1):+.2f}%)"
+        )
     return total
 
 

@@ -55,7 +55,9 @@ def _equivalent(name: str, width: int) -> tuple[bool, str]:
     return ok, "ok" if ok else "parallel and recurrent disagree"
 
 
-def _time(unit: torch.nn.Module, x: torch.Tensor, repeats: int, slow_seconds: float) -> tuple[float, int]:
+def _time(
+    unit: torch.nn.Module, x: torch.Tensor, repeats: int, slow_seconds: float
+) -> tuple[float, int]:
     """Median seconds per training step, and how many repetitions were timed."""
     started = time.perf_counter()
     _train_step(unit, x)
@@ -93,8 +95,8 @@ def run(
             if ok and row["parallel_s"] and row["recurrent_s"]:
                 row["speedup"] = row["recurrent_s"] / row["parallel_s"]
             rows.append(row)
-            print(format_table([row], ["unit", "T", "parallel_s", "recurrent_s", "speedup", "check"])
-                  .splitlines()[-1], flush=True)
+            columns = ["unit", "T", "parallel_s", "recurrent_s", "speedup", "check"]
+            print(format_table([row], columns).splitlines()[-1], flush=True)
     print()
     print(format_table(rows, ["unit", "T", "parallel_s", "recurrent_s", "recurrent_reps",
                               "speedup", "check"]))
@@ -125,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     batch, width, repeats = args.batch, args.width, args.repeats
     if args.quick:
         lengths, batch, width, repeats = [32, 128], 2, 16, 2
-    run(names, lengths, batch, width, repeats, args.max_recurrent_len, args.slow_seconds, args.out_dir)
+    run(
+        names, lengths, batch, width, repeats, args.max_recurrent_len, args.slow_seconds,
+        args.out_dir,
+    )
 
 
 if __name__ == "__main__":

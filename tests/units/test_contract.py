@@ -117,15 +117,16 @@ def _ways(unit: nn.Module, T: int) -> list[str]:
 
 
 def _assert_same(ref: dict[str, Any], got: dict[str, Any], tol: float, label: str) -> None:
-    torch.testing.assert_close(got["y"], ref["y"], rtol=tol, atol=tol, msg=lambda m: f"{label} y: {m}")
+    close = torch.testing.assert_close
+    close(got["y"], ref["y"], rtol=tol, atol=tol, msg=lambda m: f"{label} y: {m}")
     for i, (a, b) in enumerate(zip(got["state"], ref["state"], strict=True)):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m, i=i: f"{label} state[{i}]: {m}")
+        close(a, b, rtol=tol, atol=tol, msg=lambda m, i=i: f"{label} state[{i}]: {m}")
     for name, a, b in zip(ref["names"], got["grads"], ref["grads"], strict=True):
         assert (a is None) == (b is None), f"{label}: gradient of {name} present in one way only"
         if a is not None:
             # Gradients are sums over T steps; their rounding grows with their size.
             atol = tol * max(1.0, b.abs().max().item())
-            torch.testing.assert_close(a, b, rtol=tol, atol=atol, msg=lambda m, n=name: f"{label} d/d{n}: {m}")
+            close(a, b, rtol=tol, atol=atol, msg=lambda m, n=name: f"{label} d/d{n}: {m}")
 
 
 CASES = [

@@ -44,15 +44,20 @@ def _build_part(
 ) -> RecurrentUnit:
     if isinstance(spec, RecurrentUnit):
         if kwargs:
-            raise ValueError(f"Hybrid: `{role}_kwargs` apply to a unit name, not to a built {role} unit")
+            raise ValueError(
+                f"Hybrid: `{role}_kwargs` apply to a unit name, not to a built {role} unit"
+            )
         if spec.input_size != input_size:
             raise ValueError(
-                f"Hybrid: the {role} unit reads {spec.input_size} features; expected input_size={input_size}"
+                f"Hybrid: the {role} unit reads {spec.input_size} features; "
+                f"expected input_size={input_size}"
             )
         return spec
     units = _registry()
     if not isinstance(spec, str) or spec not in units:
-        raise ValueError(f"Hybrid: unknown {role} unit {spec!r}; expected one of {tuple(sorted(units))}")
+        raise ValueError(
+            f"Hybrid: unknown {role} unit {spec!r}; expected one of {tuple(sorted(units))}"
+        )
     extra = dict(kwargs or {})
     if output_size is not None:
         extra["output_size"] = output_size
@@ -182,11 +187,15 @@ def alternating(units: list[str] | tuple[str, ...], n_layers: int) -> list[str]:
     """
     check_positive_int("n_layers", n_layers, "alternating")
     if isinstance(units, str) or not units:
-        raise ValueError(f"alternating: `units` must be a non-empty list of unit names, got {units!r}")
+        raise ValueError(
+            f"alternating: `units` must be a non-empty list of unit names, got {units!r}"
+        )
     registry = _registry()
     for name in units:
         if name not in registry:
-            raise ValueError(f"alternating: unknown unit {name!r}; expected one of {tuple(sorted(registry))}")
+            raise ValueError(
+                f"alternating: unknown unit {name!r}; expected one of {tuple(sorted(registry))}"
+            )
     return [units[i % len(units)] for i in range(n_layers)]
 
 

@@ -10,7 +10,8 @@ beta_t and holds its state otherwise, so every step is an affine map of the prev
 the sequence runs as one linear scan:
 
     z_t = H(|c_t| - beta_t),  s_t = sign(c_t),  h_t = z_t (s_t + eps h_{t-1}) + (1 - z_t) h_{t-1}
-    c_t = W_c x_t + b_c,  beta_t = |W_beta x_t + b_beta| (or a learned |beta|),  y_t = W_o (alpha h_t) + b_o
+    c_t = W_c x_t + b_c,   beta_t = |W_beta x_t + b_beta| (or a learned |beta|)
+    y_t = W_o (alpha h_t) + b_o
 
 eps = 0 is the BMRU (states in {-1, +1}); eps = 1 is the CMRU (h_t = h_{t-1} + z_t s_t, states on
 the integer lattice, dh_t/dh_{t-1} = 1). H and sign are exact in the forward pass and use a
@@ -173,8 +174,11 @@ class BMRU(RecurrentUnit):
 
     @epsilon.setter
     def epsilon(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{type(self).__name__}: `epsilon` must be a number in [0, 1], got {value!r}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"{type(self).__name__}: `epsilon` must be a number in [0, 1], got {value!r}"
+            )
         self._epsilon = float(value)
 
     # -- pieces -------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ class BMRU(RecurrentUnit):
         return self._readout(h), BMRUState(h_last)
 
     def _cell(self, x_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
-        """One update; returns (h_t, z_t). The same a h + b form as the scan, for equal gradients."""
+        """One update; returns (h_t, z_t). The scan's a h + b form, so gradients match."""
         c = self.candidate(x_t)  # (B, N)
         a, b, z = _scan_inputs(c, self.thresholds(x_t), self._epsilon, self._derivative)
         return a * h_prev + b, z
@@ -294,7 +298,9 @@ class EpsilonSchedule:
                 raise ValueError(f"EpsilonSchedule: `{name}` must be an int >= 0, got {value!r}")
         for name, value in (("start", start), ("end", end)):
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"EpsilonSchedule: `{name}` must be a number in [0, 1], got {value!r}")
+                raise ValueError(
+                    f"EpsilonSchedule: `{name}` must be a number in [0, 1], got {value!r}"
+                )
         self.hold, self.decay, self.start, self.end = hold, decay, float(start), float(end)
 
     def __call__(self, step: int) -> float:
@@ -313,7 +319,10 @@ class EpsilonSchedule:
         return value
 
     def __repr__(self) -> str:
-        return f"EpsilonSchedule(hold={self.hold}, decay={self.decay}, start={self.start}, end={self.end})"
+        return (
+            f"EpsilonSchedule(hold={self.hold}, decay={self.decay}, start={self.start}, "
+            f"end={self.end})"
+        )
 
 
 def write_rate_penalty(model: nn.Module, lam: float) -> Tensor:
@@ -328,7 +337,9 @@ def write_rate_penalty(model: nn.Module, lam: float) -> Tensor:
 def bistable_threshold(a: float) -> float:
     """beta(a) = a h_f - atanh(h_f), h_f = sqrt(1 - 1/a): the bistable band of tanh(a h + c)."""
     if a <= 1.0:
-        raise ValueError(f"bistable_threshold: the map tanh(a h + c) is bistable only for a > 1, got {a}")
+        raise ValueError(
+            f"bistable_threshold: the map tanh(a h + c) is bistable only for a > 1, got {a}"
+        )
     h_f = math.sqrt(1.0 - 1.0 / a)
     return a * h_f - math.atanh(h_f)
 

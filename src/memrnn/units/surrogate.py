@@ -7,7 +7,7 @@ ds/du by 2 sigma_k(u). Every built-in surrogate integrates to one over the real 
 the derivative of a smoothed step that goes from 0 to 1:
 
     atan            sigma(u) = k / (1 + (pi k u)^2)            (default; peak k)
-    fast-sigmoid    sigma(u) = k / (2 (1 + k |u|)^2)           (derivative of 1/2 + k u / (2 (1 + k |u|)))
+    fast-sigmoid    sigma(u) = k / (2 (1 + k |u|)^2)           (of 1/2 + k u / (2 (1 + k |u|)))
     triangle        sigma(u) = k max(0, 1 - k |u|)             (support |u| < 1/k)
     straight-through sigma(u) = k                              (gradient passed through unchanged)
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import memrnn.units  # noqa: F401
-from memrnn.units.lru import LRUState
 from memrnn.units.hybrid import Hybrid, HybridState, alternating
+from memrnn.units.lru import LRUState
 from memrnn.units.mru import BMRU, BMRUState
 
 

@@ -55,6 +55,20 @@ def test_a_vector_impulse_response_is_shared_by_all_channels(name: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_a_mixing_kernel_sums_the_channels(name: str, channels: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(channels)
+    u = torch.randn(2, 37, channels, generator=gen, dtype=torch.float64)
+    h = torch.randn(37, channels, 4, generator=gen, dtype=torch.float64) / 6
+    want = sum(loop_causal_conv(u[..., c : c + 1], h[:, c])[:, :, 0] for c in range(channels))
+    got = CONVS[name](u.to(dtype), h.to(dtype))
+    assert got.shape == (2, 37, 4)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_fft_and_direct_gradients_agree(dtype: torch.dtype) -> None:
     u, h = _draw(101, 101, dtype)
     grad_out = torch.randn(2, 101, 3, 5, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -80,7 +94,9 @@ def test_bad_shapes_and_dtypes_are_refused(name: str) -> None:
     conv = CONVS[name]
     with pytest.raises(ValueError, match=r"`u` must have shape \(B, T, C\)"):
         conv(torch.zeros(4, 3), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match=r"`h` must have shape \(L,\) or \(L, N\)"):
+    with pytest.raises(ValueError, match=r"`h` must have shape \(L,\), \(L, N\) or \(L, C, N\)"):
+        conv(torch.zeros(1, 4, 3), torch.zeros(4, 2, 2, 2))
+    with pytest.raises(ValueError, match="needs C = 3 channels"):
         conv(torch.zeros(1, 4, 3), torch.zeros(4, 2, 2))
     with pytest.raises(ValueError, match="L >= 1"):
         conv(torch.zeros(1, 4, 3), torch.zeros(0, 2))

@@ -31,9 +31,14 @@ from torch import Tensor
 def _check(u: Tensor, h: Tensor, owner: str) -> None:
     if u.dim() != 3:
         raise ValueError(f"{owner}: `u` must have shape (B, T, C); got {tuple(u.shape)}")
-    if h.dim() not in (1, 2) or h.shape[0] == 0:
+    if h.dim() not in (1, 2, 3) or h.shape[0] == 0:
         raise ValueError(
-            f"{owner}: `h` must have shape (L,) or (L, N) with L >= 1; got {tuple(h.shape)}"
+            f"{owner}: `h` must have shape (L,), (L, N) or (L, C, N) with L >= 1; "
+            f"got {tuple(h.shape)}"
+        )
+    if h.dim() == 3 and h.shape[1] != u.shape[2]:
+        raise ValueError(
+            f"{owner}: a mixing `h` (L, C, N) needs C = {u.shape[2]} channels; got {tuple(h.shape)}"
         )
     if u.dtype != h.dtype or u.device != h.device:
         raise TypeError(
@@ -52,6 +57,10 @@ def fft_causal_conv(u: Tensor, h: Tensor) -> Tensor:
     n = _fast_fft_size(2 * steps)
     # Time on the last axis: contiguous FFTs and a free reshape afterwards.
     u_f = torch.fft.rfft(u.transpose(1, 2), n=n, dim=-1)  # (B, C, F)
+    if h.dim() == 3:
+        g_f = torch.fft.rfft(h2.permute(1, 2, 0), n=n, dim=-1)  # (C, N, F)
+        y_f = torch.einsum("bcf,cnf->bnf", u_f, g_f)  # (B, N, F)
+        return torch.fft.irfft(y_f, n=n, dim=-1)[..., :steps].transpose(1, 2)  # (B, T, N)
     h_f = torch.fft.rfft(h2.transpose(0, 1), n=n, dim=-1)  # (N, F)
     y = torch.fft.irfft(u_f.unsqueeze(2) * h_f, n=n, dim=-1)[..., :steps]  # (B, C, N, T)
     y = y.permute(0, 3, 1, 2)  # (B, T, C, N)
@@ -68,6 +77,10 @@ def direct_causal_conv(u: Tensor, h: Tensor) -> Tensor:
     # Window w[b, t, c, k] = u[b, t - (L-1) + k, c], zero before the start of the sequence.
     padded = F.pad(u, (0, 0, taps - 1, 0))  # (B, T + L - 1, C)
     window = padded.unfold(1, taps, 1)  # (B, T, C, L)
+    if h.dim() == 3:
+        # Contract channels and taps together: (B, T, C·L) @ (C·L, N).
+        kernel = h2.flip(0).permute(1, 0, 2).reshape(-1, h2.shape[2])
+        return window.reshape(*window.shape[:2], -1) @ kernel  # (B, T, N)
     y = torch.matmul(window, h2.flip(0))  # (B, T, C, N)
     return y.squeeze(-1) if squeeze else y
 

@@ -458,17 +458,27 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
             if carried:
                 m_last = m_last + self.memory.advance(state.m, steps)
             return self._readout(m_last, x[:, -1]).unsqueeze(1), LMUState(m_last)
-        if mode == "fft":
-            m = fft_causal_conv(u, self.memory.impulse(steps, x.dtype, x.device))  # (B, T, C, d)
-        else:
-            h = self.memory.impulse(steps, x.dtype, x.device, self.truncation_tol)
-            m = direct_causal_conv(u, h)  # (B, T, C, d)
+        h = self.memory.impulse(steps, x.dtype, x.device)
+        # The final memory is exact in every mode (truncation only touches the outputs).
+        m_last = u.flip(1).transpose(1, 2) @ h  # (B, C, d)
         if carried:
-            m = m + self.memory.free_response(state.m, steps)
-        final = LMUState(m[:, -1])
+            m_last = m_last + self.memory.advance(state.m, steps)
         if not self.return_sequences:
-            return self._readout(m[:, -1:], x[:, -1:]), final
-        return self._readout(m, x), final
+            return self._readout(m_last, x[:, -1]).unsqueeze(1), LMUState(m_last)
+        if mode == "raw" and self.truncation_tol is not None:
+            h = self.memory.impulse(steps, x.dtype, x.device, self.truncation_tol)
+        # W_m m_t = Σ_j (W_m H_j) u_{t−j}: fold W_m into the impulse response (T·C·d·H work
+        # once) rather than project every m_t (B·T·C·d·H work).
+        weight = self.memory_out.weight.view(self.hidden_size, self.memory_d, self.order)
+        g = torch.einsum("ld,hcd->lch", h, weight)  # (L, C, H)
+        conv = fft_causal_conv if mode == "fft" else direct_causal_conv
+        pre = conv(u, g) + self.memory_out.bias  # (B, T, H)
+        if carried:
+            free = self.memory.free_response(state.m, steps)  # (B, T, C, d)
+            pre = pre + free.flatten(2) @ self.memory_out.weight.T
+        if self.input_out is not None:
+            pre = pre + self.input_out(x)
+        return self.hidden_activation(pre), LMUState(m_last)
 
     def extra_repr(self) -> str:
         return (

@@ -67,18 +67,26 @@ def main(argv: list[str] | None = None) -> None:
         seconds = {}
         for fused in (True, False):
             _set_fused(net, fused)
-            seconds[fused] = time_fn(lambda: _run(net, x, train), repeats=repeats, warmup=1)
+            seconds[fused] = time_fn(lambda t=train: _run(net, x, t), repeats=repeats, warmup=1)
         for fused in (True, False):
-            rows.append({
-                "pass": "train" if train else "inference",
-                "path": "fused" if fused else "plain",
-                "batch": batch, "steps": steps, "hidden": hidden, "layers": layers,
-                "seconds": seconds[fused],
-                "steps_per_s": steps / seconds[fused],
-                "speedup_vs_plain": seconds[False] / seconds[fused],
-            })
-    print(format_table(rows, ["pass", "path", "batch", "steps", "seconds", "steps_per_s",
-                              "speedup_vs_plain"]))
+            rows.append(
+                {
+                    "pass": "train" if train else "inference",
+                    "path": "fused" if fused else "plain",
+                    "batch": batch,
+                    "steps": steps,
+                    "hidden": hidden,
+                    "layers": layers,
+                    "seconds": seconds[fused],
+                    "steps_per_s": steps / seconds[fused],
+                    "speedup_vs_plain": seconds[False] / seconds[fused],
+                }
+            )
+    print(
+        format_table(
+            rows, ["pass", "path", "batch", "steps", "seconds", "steps_per_s", "speedup_vs_plain"]
+        )
+    )
     csv_path, json_path = write_results("src_quick" if args.quick else "src", rows, info)
     print(f"# wrote {csv_path} and {json_path}")
 

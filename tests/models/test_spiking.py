@@ -24,7 +24,9 @@ def test_forward_equals_steps_and_carried_state():
 
 def test_gradients_reach_every_layer_of_a_deep_network():
     torch.manual_seed(0)
-    net = SpikingConfig(16, 4, hidden_sizes=[24, 24, 24, 24], cell_kwargs={"weight_gain": 5.0}).build()
+    net = SpikingConfig(
+        16, 4, hidden_sizes=[24, 24, 24, 24], cell_kwargs={"weight_gain": 5.0}
+    ).build()
     x = (torch.rand(4, 80, 16) < 0.3).float()
     out, _ = net(x)
     out[:, -1].pow(2).sum().backward()
@@ -67,5 +69,8 @@ def test_digits_above_chance():
         loss.backward()
         opt.step()
     with torch.no_grad():
-        accs = [task.metrics(net(b.x)[0], b)["accuracy"] * len(b.y) for b in task.iter_split("test", 200)]
+        accs = [
+            task.metrics(net(b.x)[0], b)["accuracy"] * len(b.y)
+            for b in task.iter_split("test", 200)
+        ]
     assert sum(accs) / 359 > 0.35

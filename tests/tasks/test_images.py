@@ -15,8 +15,14 @@ from memrnn.tasks.images import (
     read_idx,
 )
 
-CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D,
-         np.float64: 0x0E}
+CODES = {
+    np.uint8: 0x08,
+    np.int8: 0x09,
+    np.int16: 0x0B,
+    np.int32: 0x0C,
+    np.float32: 0x0D,
+    np.float64: 0x0E,
+}
 
 
 def _write_idx(path, array, gz=False):
@@ -65,7 +71,9 @@ def test_load_mnist_from_files(tmp_path):
 
 
 def test_missing_data_errors_name_folder_and_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte .or train-images-idx3-ubyte.gz.") as e:
+    with pytest.raises(
+        FileNotFoundError, match="train-images-idx3-ubyte .or train-images-idx3-ubyte.gz."
+    ) as e:
         load_mnist(tmp_path, "train", kind="fashion-mnist")
     assert str(tmp_path.resolve()) in str(e.value) and "t10k-labels-idx1-ubyte" in str(e.value)
     with pytest.raises(FileNotFoundError, match="NMNIST/Train") as e:

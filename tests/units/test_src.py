@@ -38,7 +38,7 @@ def test_spike_shape_and_refractory_period():
     bumps = _bumps(_drive(0.5))
     assert len(bumps) >= 3
     assert all(1 <= w <= 4 for _, w in bumps)
-    gaps = [b[0] - (a[0] + a[1]) for a, b in zip(bumps, bumps[1:])]
+    gaps = [b[0] - (a[0] + a[1]) for a, b in zip(bumps, bumps[1:], strict=False)]
     assert min(gaps) >= 10
 
 
@@ -55,7 +55,7 @@ def test_resting_state_is_equilibrium(dtype):
     state = cell.init_state(2)
     assert state.h.dtype == dtype and (state.h != 0).all()
     _, after = cell.step(torch.zeros(2, 3, dtype=dtype), state)
-    for a, b in zip(state, after):
+    for a, b in zip(state, after, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
@@ -73,14 +73,21 @@ def test_init_state_meta_and_cache():
 @pytest.mark.parametrize("detach_recurrence", [False, True])
 def test_fused_equals_step_loop(straight_through, detach_recurrence):
     torch.manual_seed(0)
-    cell = SRC(6, 9, weight_gain=4.0, straight_through=straight_through,
-               detach_recurrence=detach_recurrence).double()
+    cell = SRC(
+        6,
+        9,
+        weight_gain=4.0,
+        straight_through=straight_through,
+        detach_recurrence=detach_recurrence,
+    ).double()
     x = (torch.rand(3, 63, 6, dtype=torch.float64) < 0.3).double()
     grads = []
     for fused in (True, False):
         cell.fused = fused
         x_ = x.clone().requires_grad_()
-        s0 = SRCState(*(t.clone().requires_grad_() for t in cell.init_state(3, dtype=torch.float64)))
+        s0 = SRCState(
+            *(t.clone().requires_grad_() for t in cell.init_state(3, dtype=torch.float64))
+        )
         y, s = cell(x_, s0)
         w = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1))
         loss = (y * w).sum() + s.h.sum() + 2 * s.hs.sum() + 0.5 * s.i.sum()
@@ -89,9 +96,9 @@ def test_fused_equals_step_loop(straight_through, detach_recurrence):
     (y1, s1, g1), (y2, s2, g2) = grads
     assert y1.abs().max() > 0.5
     torch.testing.assert_close(y1, y2, atol=1e-10, rtol=0)
-    for a, b in zip(s1, s2):
+    for a, b in zip(s1, s2, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         if b is None:
             assert a is None or a.abs().max() == 0
         else:

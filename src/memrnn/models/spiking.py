@@ -47,8 +47,12 @@ class SpikingConfig:
 
     def build(self) -> SpikingNetwork:
         return SpikingNetwork(
-            self.input_size, self.hidden_sizes, self.output_size, alpha_o=self.alpha_o,
-            straight_through=self.straight_through, detach_recurrence=self.detach_recurrence,
+            self.input_size,
+            self.hidden_sizes,
+            self.output_size,
+            alpha_o=self.alpha_o,
+            straight_through=self.straight_through,
+            detach_recurrence=self.detach_recurrence,
             **self.cell_kwargs,
         )
 
@@ -93,8 +97,13 @@ class SpikingNetwork(nn.Module):
         sizes = [input_size, *hidden_sizes]
         self.layers = nn.ModuleList(
             SRC(
-                d_in, d_out, straight_through=straight_through,
-                detach_recurrence=detach_recurrence, device=device, dtype=dtype, **cell_kwargs,
+                d_in,
+                d_out,
+                straight_through=straight_through,
+                detach_recurrence=detach_recurrence,
+                device=device,
+                dtype=dtype,
+                **cell_kwargs,
             )
             for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True)
         )
@@ -102,7 +111,9 @@ class SpikingNetwork(nn.Module):
         self.last_spikes: list[Tensor] = []
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> SpikingState:
         layers = tuple(layer.init_state(batch_size, device, dtype) for layer in self.layers)

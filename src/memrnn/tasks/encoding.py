@@ -28,8 +28,12 @@ def _check_intensities(x: Tensor, owner: str) -> None:
 
 
 def rate_encode(
-    x: Tensor, n_steps: int = 200, n_empty: int = 20, p_max: float = 0.25,
-    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+    x: Tensor,
+    n_steps: int = 200,
+    n_empty: int = 20,
+    p_max: float = 0.25,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """(B, F) intensities -> (B, n_empty + n_steps, F) Bernoulli spikes (0/1)."""
     _check_intensities(x, "rate_encode")
@@ -43,7 +47,10 @@ def rate_encode(
 
 
 def latency_encode(
-    x: Tensor, n_steps: int = 200, n_empty: int = 20, min_intensity: float = 0.0,
+    x: Tensor,
+    n_steps: int = 200,
+    n_empty: int = 20,
+    min_intensity: float = 0.0,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """(B, F) intensities -> (B, n_empty + n_steps, F), one spike per feature (see module doc)."""

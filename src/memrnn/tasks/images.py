@@ -80,7 +80,9 @@ def _find(folder: Path, name: str) -> Path | None:
     return None
 
 
-def load_mnist(folder: str | Path, split: str = "train", kind: str = "mnist") -> tuple[Tensor, Tensor]:
+def load_mnist(
+    folder: str | Path, split: str = "train", kind: str = "mnist"
+) -> tuple[Tensor, Tensor]:
     """MNIST or Fashion-MNIST from the four standard IDX files in `folder` (plain or .gz).
 
     Returns images (N, 28, 28) uint8 and labels (N,) int64 of the "train" or "test" split.
@@ -100,12 +102,15 @@ def load_mnist(folder: str | Path, split: str = "train", kind: str = "mnist") ->
     images, labels = (read_idx(p) for p in found)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(
-            f"load_mnist: inconsistent files in {folder}: images {images.shape}, labels {labels.shape}"
+            f"load_mnist: inconsistent files in {folder}: images {images.shape}, "
+            f"labels {labels.shape}"
         )
     return torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64))
 
 
-def load_nmnist(folder: str | Path, split: str = "train", n_time_bins: int = 100) -> tuple[Tensor, Tensor]:
+def load_nmnist(
+    folder: str | Path, split: str = "train", n_time_bins: int = 100
+) -> tuple[Tensor, Tensor]:
     """N-MNIST event recordings from `folder` (tonic's layout, no download), as frames.
 
     Returns frames (N, n_time_bins, 2*34*34) float32 (event counts per polarity and pixel and
@@ -130,12 +135,16 @@ def load_nmnist(folder: str | Path, split: str = "train", n_time_bins: int = 100
     dataset = tonic.datasets.NMNIST(str(folder), train=(split == "train"), transform=to_frames)
     frames, labels = [], []
     for frame, label in dataset:
-        frames.append(torch.as_tensor(np.asarray(frame), dtype=torch.float32).reshape(n_time_bins, -1))
+        frames.append(
+            torch.as_tensor(np.asarray(frame), dtype=torch.float32).reshape(n_time_bins, -1)
+        )
         labels.append(int(label))
     return torch.stack(frames), torch.tensor(labels, dtype=torch.int64)
 
 
-def load_digits_images(seed: int = 0, test_fraction: float = 0.2) -> dict[str, tuple[Tensor, Tensor]]:
+def load_digits_images(
+    seed: int = 0, test_fraction: float = 0.2
+) -> dict[str, tuple[Tensor, Tensor]]:
     """scikit-learn's bundled 8×8 digits: {"train", "val", "test"} -> (images (N, 64) in [0, 1]
     float32, labels (N,) int64), from a fixed seeded split (val carved from train)."""
     from sklearn.datasets import load_digits
@@ -146,7 +155,11 @@ def load_digits_images(seed: int = 0, test_fraction: float = 0.2) -> dict[str, t
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(x)))
     n_val = int(round(VAL_FRACTION * (len(x) - n_test)))
-    parts = {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+    parts = {
+        "test": perm[:n_test],
+        "val": perm[n_test : n_test + n_val],
+        "train": perm[n_test + n_val :],
+    }
     return {split: (x[idx], y[idx]) for split, idx in parts.items()}
 
 
@@ -184,7 +197,10 @@ class _ImageTask(Task):
         return rate_encode(x, self.n_steps, self.n_empty, self.p_max, generator=generator)
 
     def batch(
-        self, batch_size: int, split: str = "train", generator: torch.Generator | None = None,
+        self,
+        batch_size: int,
+        split: str = "train",
+        generator: torch.Generator | None = None,
         seq_len: int | None = None,
     ) -> Batch:
         generator = default_generator(self) if generator is None else generator
@@ -193,7 +209,10 @@ class _ImageTask(Task):
         return Batch(self._encode(x[idx], generator), y[idx])
 
     def iter_split(
-        self, split: str, batch_size: int, max_samples: int | None = None,
+        self,
+        split: str,
+        batch_size: int,
+        max_samples: int | None = None,
         seq_len: int | None = None,
     ) -> Iterator[Batch]:
         x, y = self.data(split)
@@ -230,11 +249,20 @@ class SpikingMNIST(_ImageTask):
     name = "spiking-mnist"
     input_size = 784
 
-    def __init__(self, data_dir: str | Path, kind: str = "mnist", n_steps: int = 200,
-                 n_empty: int = 20, p_max: float = 0.25, seed: int = 0):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        kind: str = "mnist",
+        n_steps: int = 200,
+        n_empty: int = 20,
+        p_max: float = 0.25,
+        seed: int = 0,
+    ):
         super().__init__(n_steps, n_empty, p_max, seed)
         if kind not in ("mnist", "fashion-mnist"):
-            raise ValueError(f"SpikingMNIST: unknown kind {kind!r}; expected 'mnist' or 'fashion-mnist'")
+            raise ValueError(
+                f"SpikingMNIST: unknown kind {kind!r}; expected 'mnist' or 'fashion-mnist'"
+            )
         self.data_dir, self.kind = Path(data_dir), kind
 
     def _data(self, split: str) -> tuple[Tensor, Tensor]:
@@ -260,7 +288,9 @@ class NMNIST(_ImageTask):
         if split == "test":
             frames, labels = load_nmnist(self.data_dir, "test", self.n_time_bins)
         else:
-            frames, labels = _carve_val(*load_nmnist(self.data_dir, "train", self.n_time_bins), split)
+            frames, labels = _carve_val(
+                *load_nmnist(self.data_dir, "train", self.n_time_bins), split
+            )
         return frames.clamp(max=1.0), labels
 
     def _encode(self, x: Tensor, generator: torch.Generator) -> Tensor:

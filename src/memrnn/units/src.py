@@ -13,9 +13,10 @@ them end and keeps the neuron refractory. Per neuron, per step:
 Implementation notes (ours):
 
 - The recurrence is nonlinear, so it runs step by step. `W_s s` is computed for the whole
-  sequence in one matmul; the h/hs recurrence then loops per step inside one autograd Function with a hand-written
-  backward (`src_loop`), so autograd records one node per sequence instead of ~15 per step.
-  The loop groups the operations exactly as `src_step` does, so both paths agree to rounding;
+  sequence in one matmul; the recurrence then loops per step inside one autograd Function
+  with a hand-written backward (`src_loop`), so autograd records one node per sequence
+  instead of ~15 per step. The forward groups the operations exactly as `src_step` does (its
+  outputs are bitwise equal); the backward agrees with autograd's to rounding;
   `src_loop_reference` (a plain loop of `src_step`) is the ground truth it is tested against.
 - The bias b_h is kept ≤ `bias_max` (−4) by clamping *in the forward pass*, with the gradient
   passed straight through the clamp: b_eff = b_h − ReLU(b_h − bias_max) with the ReLU term
@@ -198,16 +199,17 @@ class _SRCLoop(torch.autograd.Function):
         return gu, gi0, gh, ghs, gbias, None
 
 
-def src_loop(
-    u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants
-) -> tuple[Tensor, SRCState]:
+def src_loop(u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants) -> tuple[Tensor, SRCState]:
     """The SRC over a sequence of integrator inputs u (B, T, N), fused (see module notes)."""
     y, i, h, hs = _SRCLoop.apply(u, state.i, state.h, state.hs, bias, c)
     return y, SRCState(i, h, hs)
 
 
 def resting_state(
-    bias: Tensor, c: SRCConstants, start: Tensor | None = None, max_iter: int = 20000,
+    bias: Tensor,
+    c: SRCConstants,
+    start: Tensor | None = None,
+    max_iter: int = 20000,
     tol: float = 1e-13,
 ) -> tuple[Tensor, Tensor]:
     """Resting equilibrium (h*, hs*) per neuron for the effective bias (N,), in float64 on CPU.
@@ -281,8 +283,14 @@ class SRC(RecurrentUnit):
         if bias_init > bias_max:
             raise ValueError(f"SRC: `bias_init` ({bias_init}) must be <= `bias_max` ({bias_max})")
         self.constants = SRCConstants(
-            float(alpha_i), float(rho), float(r), float(r_s), float(z_hyp), float(z_dep),
-            bool(straight_through), bool(detach_recurrence),
+            float(alpha_i),
+            float(rho),
+            float(r),
+            float(r_s),
+            float(z_hyp),
+            float(z_dep),
+            bool(straight_through),
+            bool(detach_recurrence),
         )
         self.bias_init = float(bias_init)
         self.bias_max = float(bias_max)
@@ -326,11 +334,16 @@ class SRC(RecurrentUnit):
         key = (torch.device(device), dtype)
         if key not in self._rest_cache:
             h, hs = self._rest_cache[(torch.device("cpu"), torch.float64)]
-            self._rest_cache[key] = (h.to(device=device, dtype=dtype), hs.to(device=device, dtype=dtype))
+            self._rest_cache[key] = (
+                h.to(device=device, dtype=dtype),
+                hs.to(device=device, dtype=dtype),
+            )
         return self._rest_cache[key]
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> SRCState:
         device = torch.device(device) if device is not None else self._param_device()

@@ -15,8 +15,11 @@ from memrnn.units.src import SPIKE_THRESHOLD, _onsets  # noqa: E402
 
 
 def raster_plot(
-    spikes: Tensor, sample: int = 0, path: str | Path | None = None,
-    threshold: float = SPIKE_THRESHOLD, title: str | None = None,
+    spikes: Tensor,
+    sample: int = 0,
+    path: str | Path | None = None,
+    threshold: float = SPIKE_THRESHOLD,
+    title: str | None = None,
 ) -> Figure | None:
     """Raster of one sample's neurons over time: a dot per spike onset (see `spike_stats`).
 
@@ -27,7 +30,9 @@ def raster_plot(
     if s.dim() == 2:
         s = s.unsqueeze(0)
     if s.dim() != 3:
-        raise ValueError(f"raster_plot: spikes must be (B, T, N) or (T, N); got {tuple(spikes.shape)}")
+        raise ValueError(
+            f"raster_plot: spikes must be (B, T, N) or (T, N); got {tuple(spikes.shape)}"
+        )
     onsets = _onsets(s[sample : sample + 1].float(), threshold)[0]  # (T, N)
     t, n = onsets.nonzero(as_tuple=True)
     fig, ax = plt.subplots(figsize=(8, 4))

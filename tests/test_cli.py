@@ -98,3 +98,13 @@ def test_parse_overrides():
         "x.yaml", {"a": "1", "b": "2", "flag": "true", "bar": "false"})
     with pytest.raises(UsageError, match="unexpected argument 'oops'"):
         parse_overrides(["oops"])
+
+
+def test_demo_quick(tmp_path, capsys):
+    from memrnn.demo import main as demo_main
+
+    assert demo_main(["--quick", "--out", str(tmp_path), "--models", MODEL]) == 0
+    out = capsys.readouterr().out
+    assert "| model | parameters |" in out
+    for name in ("results.md", "results.csv", "results.png"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -34,6 +34,7 @@ class TrainConfig:
     seq_len: training sequence length (the task's seq_len or train_len); None: task default.
     steps: optimiser steps in total.
     stop_at: end this invocation after this step, checkpointing (resume later with --resume).
+    time_limit: end this invocation after this many seconds of training (None: no limit).
     batch_size: samples per step.
     lr, weight_decay, betas: AdamW settings (no decay on norms, biases, marked parameters).
     warmup: linear warm-up steps, followed by a cosine decay to min_lr_ratio * lr.
@@ -59,6 +60,7 @@ class TrainConfig:
     seq_len: int | None = None
     steps: int = 1000
     stop_at: int | None = None
+    time_limit: float | None = None
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -259,6 +261,8 @@ def check_config(c: TrainConfig) -> None:
         raise UsageError(f"config key 'seq_len' must be >= 1, got {c.seq_len!r}")
     if c.stop_at is not None and c.stop_at < 1:
         raise UsageError(f"config key 'stop_at' must be >= 1, got {c.stop_at!r}")
+    if c.time_limit is not None and c.time_limit <= 0:
+        raise UsageError(f"config key 'time_limit' must be > 0 seconds, got {c.time_limit!r}")
     if c.lr <= 0:
         raise UsageError(f"config key 'lr' must be > 0, got {c.lr!r}")
     if len(c.betas) != 2:

@@ -284,7 +284,9 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
                 bar.update(1)
 
             at_eval = config.eval_every > 0 and step % config.eval_every == 0
-            if at_eval or step == end:
+            out_of_time = (config.time_limit is not None
+                           and elapsed + time.perf_counter() - tick >= config.time_limit)
+            if at_eval or step == end or out_of_time:
                 now = time.perf_counter()
                 elapsed += now - tick
                 val_loss, val = evaluate(model, task, "val", config.eval_samples,
@@ -298,6 +300,8 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
                 if improved:
                     save_checkpoint(run_dir, "best", model, model_config, training_state(step, val))
                 tick = time.perf_counter()
+            if out_of_time:
+                break
     except KeyboardInterrupt:
         # An interrupted run keeps what it last checkpointed; `--resume` continues from there.
         if bar is not None:

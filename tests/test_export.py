@@ -44,7 +44,13 @@ def _steps_agree(run, step: StepModule, batch: int, n: int, tol: float) -> None:
         exported_state, eager_state = list(got[1:]), list(expected[1:])
 
 
-@pytest.mark.parametrize("name", sorted(UNITS))
+# A second or so per unit: five in the default run, the rest behind `slow`.
+EXPORT_FAST = ("bmru", "gru", "lru", "mingru", "plmu")
+
+
+@pytest.mark.parametrize("name", [
+    n if n in EXPORT_FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(UNITS)
+])
 def test_exported_unit_step_equals_eager(name: str) -> None:
     unit = _unit(name)
     program = export_step(unit, batch_size=2)
@@ -95,8 +101,8 @@ def test_export_errors() -> None:
     _steps_agree(static.module(), StepModule(unit), batch=1, n=2, tol=1e-6)
 
 
-# ONNX export takes seconds per unit: two in the default run, the rest behind `slow`.
-ONNX_FAST = ("bmru", "mingru")
+# ONNX export takes seconds per unit: one in the default run, the rest behind `slow`.
+ONNX_FAST = ("bmru",)
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="onnx is not installed")

@@ -174,7 +174,8 @@ def _plot_states(args: argparse.Namespace) -> int:
     cfg = training.get("train_config") or {}
     out = args.out or run_dir / "states.png"
     title = f"{cfg.get('model')} on {cfg.get('task')}: states over time (one {args.split} sample)"
-    print(plot_states(model, x, out, title=title))
+    for path in plot_states(model, x, out, title=title):
+        print(path)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 The model is run step by step (`model.step`), and every tensor of every layer's state is
 recorded. A BMRU's states are flat ±1 bands that switch only on writes; an LRU's decay. For
-spiking units the spike outputs are drawn as a raster (memrnn.viz.spikes.raster_plot).
+spiking units the spike outputs (ReLU of the fast state h) also go to a raster
+(memrnn.viz.spikes.raster_plot).
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def _is_spiking(model: nn.Module) -> bool:
 
 
 def plot_states(model: nn.Module, x: Tensor, out: str | Path, title: str = "",
-                max_panels: int = 6) -> Path:
-    """Writes a PNG: the input, one heatmap per recorded state tensor, and the outputs."""
+                max_panels: int = 6) -> list[Path]:
+    """Writes a PNG: the input, one heatmap per recorded state tensor, and the outputs; for
+    spiking models also `<out stem>_spikes.png`, a raster of every layer's spikes. Returns the
+    paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +76,6 @@ def plot_states(model: nn.Module, x: Tensor, out: str | Path, title: str = "",
 
     traces, outputs = collect_states(model, x)
     names = list(traces)[:max_panels]
-    spikes = _spike_raster_fn() if _is_spiking(model) else None
     n = len(names) + 2
     fig, axes = plt.subplots(n, 1, figsize=(10, 1.2 + 1.6 * n), sharex=True, squeeze=False)
     axes = axes[:, 0]
@@ -82,13 +84,10 @@ def plot_states(model: nn.Module, x: Tensor, out: str | Path, title: str = "",
     axes[0].set_ylabel("input")
     for ax, name in zip(axes[1:-1], names, strict=True):
         values = traces[name][:, :MAX_ROWS]  # (T, N)
-        if spikes is not None and name.endswith(".h"):
-            spikes(torch.relu(values), ax=ax)
-        else:
-            limit = float(values.abs().max()) or 1.0
-            image = ax.imshow(values.T.numpy(), aspect="auto", interpolation="nearest",
-                              cmap="RdBu_r", vmin=-limit, vmax=limit)
-            fig.colorbar(image, ax=ax, pad=0.01)
+        limit = float(values.abs().max()) or 1.0
+        image = ax.imshow(values.T.numpy(), aspect="auto", interpolation="nearest",
+                          cmap="RdBu_r", vmin=-limit, vmax=limit)
+        fig.colorbar(image, ax=ax, pad=0.01)
         ax.set_ylabel(f"{name}\nunit")
     axes[-1].plot(outputs.numpy(), linewidth=0.8)
     axes[-1].set_ylabel("output")
@@ -98,23 +97,16 @@ def plot_states(model: nn.Module, x: Tensor, out: str | Path, title: str = "",
     out = Path(out)
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return out
+    written = [out]
+    if _is_spiking(model):
+        spikes = [torch.relu(v) for k, v in traces.items() if k.endswith(".h")]
+        if spikes:
+            from memrnn.viz.spikes import raster_plot
 
-
-def _spike_raster_fn() -> Any:
-    """memrnn.viz.spikes.raster_plot when available, else None (heatmaps are drawn instead)."""
-    try:
-        from memrnn.viz.spikes import raster_plot
-    except ImportError:
-        return None
-
-    def draw(values: Tensor, ax: Any) -> None:
-        try:
-            raster_plot(values, ax=ax)
-        except TypeError:
-            ax.imshow(values.T.numpy(), aspect="auto", interpolation="nearest", cmap="Greys")
-
-    return draw
+            path = out.with_name(f"{out.stem}_spikes{out.suffix}")
+            raster_plot(torch.cat(spikes, dim=1), path=path, title=title or None)
+            written.append(path)
+    return written
 
 
 __all__ = ["collect_states", "plot_states"]

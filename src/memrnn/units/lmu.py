@@ -14,7 +14,10 @@ u(t − rθ) ≈ Σ_i P_i(2r − 1) m_i(t) for r in [0, 1] (`lmu_decode`). Discr
     Euler:  Ā = I + A/θ,  B̄ = B/θ (stable only for θ of about 4d or more; a warning says so).
 The recurrence m_t = Ā m_{t−1} + B̄ u_t is linear and time-invariant, so
     m_t = Ā^t m_0 + Σ_{j=0}^{t−1} H_j u_{t−j},     H_j = Ā^j B̄  (the impulse response),
-a causal convolution (memrnn.scan.fft) plus the free response of the carried state.
+a causal convolution (memrnn.scan.fft) plus the free response of the carried state. The
+parallel layer never forms every m_t: W_m m_t = Σ_j (W_m H_j) u_{t−j}, so it convolves u with
+the projected impulse response W_m H (built once per call, T·C·d·H work, independent of the
+batch) and gets the final memory m_T from one product of the reversed u with H.
 
 Parallel LMU (SPEC.md 4.3), one layer, C = memory_d channels sharing one memory system:
     u_t = f1(U x_t + b_u) ∈ ℝ^C,   m_t = Ā m_{t−1} + B̄ u_t (per channel),

@@ -289,3 +289,14 @@ def test_triton_matches_reference(dtype, reverse):
     expected = _run("reference", a, b, h0, reverse)
     got = _run("triton", a.cuda(), b.cuda(), h0.cuda(), reverse)
     _assert_close([g.cpu() for g in got], expected, TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["threaded", "serial"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_native_threaded_and_serial_paths(monkeypatch, threshold, dtype):
+    monkeypatch.setattr(native_mod, "PARALLEL_MIN_ELEMENTS", threshold)
+    for a_shape in [(3, 50, 70), (1, 1, 70)]:
+        a, b, h0 = _inputs(3, 50, 70, dtype, seed=4, a_shape=a_shape)
+        for reverse in (False, True):
+            expected = _run("reference", a, b, h0, reverse)
+            _assert_close(_run("native", a, b, h0, reverse), expected, 1e-10)

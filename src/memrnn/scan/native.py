@@ -47,8 +47,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex
 
 if AVAILABLE:
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _forward_kernel(a, b, h0, h, reverse, chunk):  # pragma: no cover - compiled
+    def _forward_loop(a, b, h0, h, reverse, chunk):  # pragma: no cover - compiled
         B, T, M = b.shape
         step_b = 1 if a.shape[0] > 1 else 0
         step_t = 1 if a.shape[1] > 1 else 0
@@ -72,8 +71,7 @@ if AVAILABLE:
                 for m in range(ms, me, md):
                     h[ib, t, m] = a[iba, ta, m] * h[ib, tp, m] + b[ib, t, m]
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _backward_kernel(a, h, h0, gh, g, da, dh0, reverse, chunk):  # pragma: no cover
+    def _backward_loop(a, h, h0, gh, g, da, dh0, reverse, chunk):  # pragma: no cover
         B, T, M = h.shape
         step_b = 1 if a.shape[0] > 1 else 0
         step_t = 1 if a.shape[1] > 1 else 0
@@ -118,6 +116,19 @@ if AVAILABLE:
                 dh0[ib, m] = a[iba, t0 * step_t, m].conjugate() * g[ib, t0, m]
 
 
+if AVAILABLE:
+    # Each kernel is compiled twice: threaded for large problems and single-threaded for small
+    # ones, where waking worker threads costs more than the work (and, on an oversubscribed
+    # machine, can stall a microsecond scan for milliseconds).
+    _forward_threaded = njit(parallel=True, cache=True, nogil=True)(_forward_loop)
+    _forward_serial = njit(cache=True, nogil=True)(_forward_loop)
+    _backward_threaded = njit(parallel=True, cache=True, nogil=True)(_backward_loop)
+    _backward_serial = njit(cache=True, nogil=True)(_backward_loop)
+
+# Problems with fewer elements than this run single-threaded (about 0.1 ms of streaming).
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """torch.empty, with large buffers advised to use transparent huge pages.
 
@@ -158,7 +169,8 @@ def native_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tens
     _check(b)
     a, b, h0 = a.contiguous(), b.contiguous(), h0.contiguous()
     h = _empty(tuple(b.shape), b.dtype)
-    _forward_kernel(
+    kernel = _forward_threaded if b.numel() >= PARALLEL_MIN_ELEMENTS else _forward_serial
+    kernel(
         a.numpy(), b.numpy(), h0.numpy(), h.numpy(), reverse, _chunk_size(b.shape[0], b.shape[2])
     )
     return h
@@ -173,7 +185,8 @@ def native_scan_backward(
     g = _empty(tuple(h.shape), h.dtype)
     da = _empty((h.shape[0], a.shape[1], h.shape[2]), h.dtype)
     dh0 = torch.empty_like(h0)
-    _backward_kernel(
+    kernel = _backward_threaded if h.numel() >= PARALLEL_MIN_ELEMENTS else _backward_serial
+    kernel(
         a.numpy(),
         h.numpy(),
         h0.numpy(),
@@ -189,10 +202,17 @@ def native_scan_backward(
 
 def warm_up() -> None:
     """Compiles the kernels for every supported dtype (they are cached on disk afterwards)."""
-    for dtype in SUPPORTED_DTYPES:
-        x = torch.ones(1, 2, 1, dtype=dtype)
-        h = native_scan(x, x, x[:, 0])
-        native_scan_backward(x, h, x[:, 0], x)
+    global PARALLEL_MIN_ELEMENTS
+    saved = PARALLEL_MIN_ELEMENTS
+    try:
+        for threshold in (0, saved):
+            PARALLEL_MIN_ELEMENTS = threshold
+            for dtype in SUPPORTED_DTYPES:
+                x = torch.ones(1, 2, 1, dtype=dtype)
+                h = native_scan(x, x, x[:, 0])
+                native_scan_backward(x, h, x[:, 0], x)
+    finally:
+        PARALLEL_MIN_ELEMENTS = saved
 
 
 __all__ = ["AVAILABLE", "SUPPORTED_DTYPES", "native_scan", "native_scan_backward", "warm_up"]

@@ -59,9 +59,10 @@ ACTIVATIONS = ("identity", "relu", "tanh", "gelu")
 # "parallel" comes first, as in every parallelizable unit (the contract tests and hybrids rely on
 # it); the constructor default is still "auto".
 LMU_MODES = ("parallel", "auto", "fft", "raw", "final", "recurrent")
-# Below this many steps the direct convolution ("raw") beats the FFT when `mode="auto"`.
-# Measured with `python -m benchmarks.lmu --crossover` (training step, CPU, order 8..468).
-RAW_FFT_CROSSOVER = 64
+# Below this many steps `mode="auto"` uses the direct convolution ("raw"). Measured with
+# `python -m benchmarks.lmu --crossover` (training step, B = 32, orders 8, 64, 468, 2-core CPU):
+# raw was faster up to T = 96, the FFT from T = 128 to 256 on.
+RAW_FFT_CROSSOVER = 128
 
 
 # -- the memory system ---------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_legendre_matrices_follow_the_formula() -> None:
     torch.testing.assert_close(b, torch.tensor([1.0, -3.0, 5.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize(("order", "theta"), [(1, 1.0), (8, 16.0), (64, 10.0), (468, 784.0)])
+@pytest.mark.parametrize(("order", "theta"), [(1, 1.0), (8, 16.0), (64, 10.0), (200, 784.0)])
 def test_zoh_is_stable(order: int, theta: float) -> None:
     a_bar, _ = legendre_system(order, theta)
     assert torch.linalg.eigvals(a_bar).abs().max().item() < 1.0

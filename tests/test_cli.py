@@ -21,13 +21,39 @@ def _one_thread():
 
 
 MODEL = "bmru-small" if "bmru-small" in list_models() else list_models()[0]
-TINY = ["--seq-len", "10", "--batch-size", "4", "--eval-samples", "8", "--log-every", "1",
-        "--model.d_model", "8", "--no-progress", "--tensorboard", "false"]
+TINY = [
+    "--seq-len",
+    "10",
+    "--batch-size",
+    "4",
+    "--eval-samples",
+    "8",
+    "--log-every",
+    "1",
+    "--model.d_model",
+    "8",
+    "--no-progress",
+    "--tensorboard",
+    "false",
+]
 
 
 def _train(out, *extra):
-    return main(["train", "--model", MODEL, "--task", "flip-flop", "--steps", "3",
-                 "--out", str(out), *TINY, *extra])
+    return main(
+        [
+            "train",
+            "--model",
+            MODEL,
+            "--task",
+            "flip-flop",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 def test_train_eval_plot_and_resume(tmp_path, capsys):
@@ -86,8 +112,14 @@ def test_unwritable_output_folder(tmp_path, capsys):
 
 def test_no_traceback_from_the_command_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "memrnn", "train", "--lr", "fast"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "memrnn", "train", "--lr", "fast"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "memrnn: error: config key 'lr' expects float, got 'fast'"
@@ -95,7 +127,9 @@ def test_no_traceback_from_the_command_line(tmp_path):
 
 def test_parse_overrides():
     assert parse_overrides(["--a", "1", "--b=2", "--flag", "--no-bar", "--config", "x.yaml"]) == (
-        "x.yaml", {"a": "1", "b": "2", "flag": "true", "bar": "false"})
+        "x.yaml",
+        {"a": "1", "b": "2", "flag": "true", "bar": "false"},
+    )
     with pytest.raises(UsageError, match="unexpected argument 'oops'"):
         parse_overrides(["oops"])
 

@@ -71,8 +71,10 @@ def cmd_train(tokens: list[str]) -> int:
     config = resolve_config(config_file, overrides, base=base)
     result = train(config, echo=True)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
-    print(f"step {result.step}: val {summary} (train time {result.train_time:.1f} s); "
-          f"checkpoints in {result.run_dir}")
+    print(
+        f"step {result.step}: val {summary} (train time {result.train_time:.1f} s); "
+        f"checkpoints in {result.run_dir}"
+    )
     return 0
 
 
@@ -103,14 +105,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, folder, training, run_dir = _checkpoint_context(args.checkpoint)
     task = _task_of(training)
     cfg = training.get("train_config") or {}
-    loss, metrics = evaluate(model, task, args.split, args.samples or cfg.get("eval_samples", 512),
-                             args.batch_size, seq_len=args.seq_len)
+    loss, metrics = evaluate(
+        model,
+        task,
+        args.split,
+        args.samples or cfg.get("eval_samples", 512),
+        args.batch_size,
+        seq_len=args.seq_len,
+    )
     length = args.seq_len or "default"
-    result = {"checkpoint": str(folder), "split": args.split, "seq_len": args.seq_len,
-              "step": training.get("step"), **metrics, "loss": loss}
-    print(f"{folder} ({cfg.get('model')} on {cfg.get('task')}, step {training.get('step')}), "
-          f"split {args.split}, length {length}: loss={loss:.4g} "
-          + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss"))
+    result = {
+        "checkpoint": str(folder),
+        "split": args.split,
+        "seq_len": args.seq_len,
+        "step": training.get("step"),
+        **metrics,
+        "loss": loss,
+    }
+    print(
+        f"{folder} ({cfg.get('model')} on {cfg.get('task')}, step {training.get('step')}), "
+        f"split {args.split}, length {length}: loss={loss:.4g} "
+        + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss")
+    )
     name = f"eval_{args.split}_{args.seq_len or 'default'}.json"
     try:
         (run_dir / name).write_text(json.dumps(result, indent=2))
@@ -150,7 +166,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return _plot_states(args)
     run = args.run or args.checkpoint
     if not run:
-        raise UsageError("plot needs --run RUN_FOLDER (learning curves) or --checkpoint RUN_FOLDER --states")
+        raise UsageError(
+            "plot needs --run RUN_FOLDER (learning curves) or --checkpoint RUN_FOLDER --states"
+        )
     from memrnn.viz.curves import plot_curves
 
     if not (Path(run) / "metrics.csv").is_file():
@@ -180,13 +198,17 @@ def _plot_states(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memrnn", description="Parallelizable recurrent "
-                                     "networks with persistent memory.")
+    parser = argparse.ArgumentParser(
+        prog="memrnn", description="Parallelizable recurrent networks with persistent memory."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train a model on a task (any TrainConfig key as --key value)",
-                   add_help=False)
+    sub.add_parser(
+        "train", help="train a model on a task (any TrainConfig key as --key value)", add_help=False
+    )
     p = sub.add_parser("eval", help="evaluate a checkpoint, optionally at another length")
-    p.add_argument("--checkpoint", required=True, help="run folder (best, else last) or checkpoint folder")
+    p.add_argument(
+        "--checkpoint", required=True, help="run folder (best, else last) or checkpoint folder"
+    )
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--samples", type=int, default=None)

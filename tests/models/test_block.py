@@ -18,7 +18,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-
 class EMAState(NamedTuple):
     h: Tensor  # (B, H)
 
@@ -104,5 +103,6 @@ def test_unknown_unit_lists_close_matches():
 
 
 def test_unknown_norm():
+    name = next(iter(UNITS))
     with pytest.raises(ValueError, match="unknown norm 'batch'"):
-        Block(4, next(iter(UNITS)), norm="batch", unit_kwargs=UNITS[next(iter(UNITS))].example_kwargs)
+        Block(4, name, norm="batch", unit_kwargs=UNITS[name].example_kwargs)

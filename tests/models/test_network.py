@@ -79,8 +79,16 @@ def _unit() -> str:
 
 def _net(head: str, input_kind: str = "real", **kw) -> Network:
     torch.manual_seed(0)
-    cfg = ModelConfig(input_size=5, output_size=3, head=head, input_kind=input_kind,
-                      unit=_unit(), d_model=8, n_layers=2, **kw)
+    cfg = ModelConfig(
+        input_size=5,
+        output_size=3,
+        head=head,
+        input_kind=input_kind,
+        unit=_unit(),
+        d_model=8,
+        n_layers=2,
+        **kw,
+    )
     return Network(cfg).double().eval()
 
 

@@ -15,6 +15,7 @@ from memrnn.models import (
 from memrnn.tasks.registry import create_task
 from memrnn.units import UNITS
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # Intra-op threads only add contention on the tiny tensors of these tests.
@@ -22,6 +23,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 def _small(name: str, task) -> ModelConfig:
     cfg = config_for_task(name, task)
@@ -31,10 +33,12 @@ def _small(name: str, task) -> ModelConfig:
         return cfg.replace(spiking={**cfg.spiking, "hidden_sizes": [8]})
     return cfg
 
+
 def _compatible_tasks(name: str):
     """A last-step regression task and a per-step classification task for every model."""
     yield create_task("copy-first-input", seq_len=9)
     yield create_task("flip-flop", train_len=9)
+
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_a_step_on_compatible_tasks(name):
@@ -50,6 +54,7 @@ def test_every_model_trains_a_step_on_compatible_tasks(name):
             assert p.grad is not None, f"{name} on {task.name}: {pname} got no gradient"
             assert torch.isfinite(p.grad).all(), f"{name} on {task.name}: NaN gradient in {pname}"
 
+
 def test_untrained_model_scores_near_chance():
     task = create_task("flip-flop", train_len=50, eval_samples=256)
     name = "bmru-small" if "bmru-small" in list_models() else list_models()[0]
@@ -60,14 +65,24 @@ def test_untrained_model_scores_near_chance():
     _, metrics = evaluate(model, task, "val", samples=256, batch_size=128)
     assert abs(metrics[task.primary_metric] - task.chance()) < 0.15
 
+
 def test_expected_variants_are_listed_when_their_units_exist():
     names = list_models()
-    for unit, variant in [("bmru", "bmru-small"), ("cmru", "cmru-small"), ("lru", "lru-small"),
-                          ("mingru", "mingru-small"), ("hybrid", "hybrid-small"),
-                          ("gru", "gru-small"), ("lstm", "lstm-small"), ("brc", "brc-small"),
-                          ("nbrc", "nbrc-small"), ("plmu", "lmu-psmnist")]:
+    for unit, variant in [
+        ("bmru", "bmru-small"),
+        ("cmru", "cmru-small"),
+        ("lru", "lru-small"),
+        ("mingru", "mingru-small"),
+        ("hybrid", "hybrid-small"),
+        ("gru", "gru-small"),
+        ("lstm", "lstm-small"),
+        ("brc", "brc-small"),
+        ("nbrc", "nbrc-small"),
+        ("plmu", "lmu-psmnist"),
+    ]:
         assert (variant in names) == (unit in UNITS)
     assert all(describe_models()[n] for n in names)
+
 
 def test_lmu_psmnist_matches_the_paper_size():
     if "plmu" not in UNITS:
@@ -76,16 +91,19 @@ def test_lmu_psmnist_matches_the_paper_size():
     # Chilkuri & Eliasmith report 165k parameters for this configuration.
     assert 160_000 < model.num_parameters() < 170_000
 
+
 def test_unknown_model_lists_close_matches():
     if "bmru-small" not in list_models():
         pytest.skip("bmru not registered")
     with pytest.raises(ValueError, match="unknown model 'bmru-smal'.*Did you mean bmru-small"):
         create_model("bmru-smal", input_size=1, output_size=1)
 
+
 def test_unknown_override_is_named():
     name = list_models()[0]
     with pytest.raises(ValueError, match="'d_modle' \\(did you mean 'd_model'\\?\\)"):
         model_config(name, 1, 1, d_modle=3)
+
 
 def test_config_json_round_trip_rebuilds_the_same_model():
     name = "hybrid-small" if "hybrid-small" in list_models() else list_models()[0]
@@ -96,6 +114,7 @@ def test_config_json_round_trip_rebuilds_the_same_model():
     again.load_state_dict(model.state_dict())
     x = torch.randn(2, 5, 2)
     torch.testing.assert_close(model.eval()(x)[0], again.eval()(x)[0])
+
 
 def test_head_follows_the_task():
     assert head_for_task(create_task("copy-first-input", seq_len=5)) == "last"

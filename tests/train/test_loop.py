@@ -23,10 +23,20 @@ def _model() -> str:
 
 
 def _config(out, **overrides):
-    base = {"model": _model(), "task": "flip-flop", "seq_len": 12, "batch_size": 8,
-            "eval_samples": 16, "eval_batch_size": 16, "log_every": 2, "warmup": 2,
-            "progress": False, "tensorboard": False, "out": str(out),
-            "model_overrides": {"d_model": 16, "dropout": 0.1}}
+    base = {
+        "model": _model(),
+        "task": "flip-flop",
+        "seq_len": 12,
+        "batch_size": 8,
+        "eval_samples": 16,
+        "eval_batch_size": 16,
+        "log_every": 2,
+        "warmup": 2,
+        "progress": False,
+        "tensorboard": False,
+        "out": str(out),
+        "model_overrides": {"d_model": 16, "dropout": 0.1},
+    }
     base.update(overrides)
     return resolve_config(overrides=base, overrides_are_text=False)
 
@@ -51,8 +61,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_training_reduces_the_loss_and_keeps_best_and_last(tmp_path):
-    result = train(_config(tmp_path, steps=30, eval_every=10, lr=1e-2,
-                           model_overrides={"d_model": 16}))
+    result = train(
+        _config(tmp_path, steps=30, eval_every=10, lr=1e-2, model_overrides={"d_model": 16})
+    )
     rows = read_metrics(tmp_path)
     train_rows = [float(r["loss"]) for r in rows if r["split"] == "train"]
     assert train_rows[-1] < train_rows[0]
@@ -66,12 +77,14 @@ def test_training_reduces_the_loss_and_keeps_best_and_last(tmp_path):
 def test_epsilon_schedule_anneals_cmru_to_bmru(tmp_path):
     if "cmru-small" not in list_models():
         pytest.skip("cmru not registered")
-    result = train(_config(tmp_path, model="cmru-small", steps=6, epsilon_schedule="2,3",
-                           write_penalty=0.01))
+    result = train(
+        _config(tmp_path, model="cmru-small", steps=6, epsilon_schedule="2,3", write_penalty=0.01)
+    )
     from memrnn.units.mru import epsilon_units
 
     assert [u.epsilon for u in epsilon_units(result.model)] and all(
-        u.epsilon == 0.0 for u in epsilon_units(result.model))
+        u.epsilon == 0.0 for u in epsilon_units(result.model)
+    )
 
 
 def test_lr_warmup_then_cosine():

@@ -42,8 +42,9 @@ def unknown_unit_error(name: str) -> ValueError:
     return ValueError(f"unknown unit {name!r}{hint} Registered units: {sorted(UNITS)}")
 
 
-def build_unit(name: str, input_size: int, hidden_size: int, output_size: int | None = None,
-               **kwargs: Any) -> RecurrentUnit:
+def build_unit(
+    name: str, input_size: int, hidden_size: int, output_size: int | None = None, **kwargs: Any
+) -> RecurrentUnit:
     """Builds a registered unit; asks for `output_size` only from units that take it."""
     if name not in UNITS:
         raise unknown_unit_error(name)
@@ -80,26 +81,39 @@ class Block(nn.Module):
     """Pre-norm residual block around one recurrent unit (see the module docstring)."""
 
     def __init__(
-        self, d_model: int, unit: str, hidden_size: int | None = None,
-        unit_kwargs: dict[str, Any] | None = None, norm: str = "layer", mlp: bool = True,
-        mlp_ratio: float = 2.0, dropout: float = 0.0,
+        self,
+        d_model: int,
+        unit: str,
+        hidden_size: int | None = None,
+        unit_kwargs: dict[str, Any] | None = None,
+        norm: str = "layer",
+        mlp: bool = True,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.d_model = d_model
         self.unit_name = unit
         self.norm1 = make_norm(norm, d_model)
-        self.unit = build_unit(unit, d_model, hidden_size or d_model, d_model, **(unit_kwargs or {}))
+        self.unit = build_unit(
+            unit, d_model, hidden_size or d_model, d_model, **(unit_kwargs or {})
+        )
         # Units that do not take output_size emit their hidden width; project back to d_model.
         self.proj = (
-            nn.Identity() if self.unit.output_size == d_model
+            nn.Identity()
+            if self.unit.output_size == d_model
             else nn.Linear(self.unit.output_size, d_model)
         )
         self.drop = nn.Dropout(dropout)
         self.norm2 = make_norm(norm, d_model) if mlp else None
         self.mlp = GLUMLP(d_model, mlp_ratio) if mlp else None
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> NamedTuple:
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> NamedTuple:
         return self.unit.init_state(batch_size, device=device, dtype=dtype)
 
     def _mlp_branch(self, x: Tensor) -> Tensor:

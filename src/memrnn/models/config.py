@@ -75,7 +75,9 @@ class ModelConfig:
         if isinstance(self.unit, list | tuple):
             self.unit = list(self.unit)
             if not self.unit:
-                raise ValueError("ModelConfig: `unit` is an empty list; give at least one unit name")
+                raise ValueError(
+                    "ModelConfig: `unit` is an empty list; give at least one unit name"
+                )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig: `dropout` must be in [0, 1), got {self.dropout!r}")
 

@@ -62,8 +62,14 @@ class Network(nn.Module):
         if c.arch == "stack":
             self.blocks = nn.ModuleList(
                 Block(
-                    c.d_model, name, hidden_size=c.hidden_size, unit_kwargs=c.kwargs_for(name),
-                    norm=c.norm, mlp=c.mlp, mlp_ratio=c.mlp_ratio, dropout=c.dropout,
+                    c.d_model,
+                    name,
+                    hidden_size=c.hidden_size,
+                    unit_kwargs=c.kwargs_for(name),
+                    norm=c.norm,
+                    mlp=c.mlp,
+                    mlp_ratio=c.mlp_ratio,
+                    dropout=c.dropout,
                 )
                 for name in c.layer_units()
             )
@@ -82,8 +88,12 @@ class Network(nn.Module):
     def _like(self) -> Tensor:
         return self.head.weight
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> NetworkState:
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> NetworkState:
         ref = self._like()
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
@@ -97,14 +107,19 @@ class Network(nn.Module):
     def _encode(self, x: Tensor) -> Tensor:
         if self.config.input_kind == "tokens":
             if x.is_floating_point():
-                raise TypeError(f"{type(self).__name__}: token inputs must be integer ids, got {x.dtype}")
+                raise TypeError(
+                    f"{type(self).__name__}: token inputs must be integer ids, got {x.dtype}"
+                )
             return self.encoder(x)
         if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__}: real inputs must be floating point, got {x.dtype}")
+            raise TypeError(
+                f"{type(self).__name__}: real inputs must be floating point, got {x.dtype}"
+            )
         return self.encoder(x)
 
-    def features_seq(self, x: Tensor, state: NetworkState | None = None
-                     ) -> tuple[Tensor, NetworkState | None, tuple[Any, ...]]:
+    def features_seq(
+        self, x: Tensor, state: NetworkState | None = None
+    ) -> tuple[Tensor, NetworkState | None, tuple[Any, ...]]:
         """Normalised per-step features (B, T, F) and the layers' final states."""
         h = self._encode(x)
         layer_states = [None] * len(self.blocks) if state is None else list(state.layers)
@@ -114,8 +129,9 @@ class Network(nn.Module):
             finals.append(s)
         return self.norm(h), state, tuple(finals)
 
-    def forward(self, x: Tensor, state: NetworkState | None = None,
-                lengths: Tensor | None = None) -> tuple[Tensor, NetworkState]:
+    def forward(
+        self, x: Tensor, state: NetworkState | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, NetworkState]:
         """x (B, T, input_size) or (B, T) ids -> (head output, final state).
 
         With `lengths`, the "last" head reads step lengths-1 and the "mean" head averages the
@@ -189,21 +205,32 @@ class SpikingModel(nn.Module):
             input_size=config.input_size, output_size=config.output_size, **config.spiking
         ).build()
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> Any:
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any:
         ref = self.net.readout.weight
-        return self.net.init_state(batch_size, ref.device if device is None else device,
-                                   ref.dtype if dtype is None else dtype)
+        return self.net.init_state(
+            batch_size,
+            ref.device if device is None else device,
+            ref.dtype if dtype is None else dtype,
+        )
 
-    def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None
-                ) -> tuple[Tensor, Any]:
+    def forward(
+        self, x: Tensor, state: Any = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
         out, state = self.net(x, state)  # (B, T, C)
         B, T = out.shape[:2]
         head = self.config.head
         if head in ("sequence", "next-token"):
             return out, state
-        steps = (torch.full((B,), T, device=out.device, dtype=torch.long) if lengths is None
-                 else lengths.to(device=out.device, dtype=torch.long))
+        steps = (
+            torch.full((B,), T, device=out.device, dtype=torch.long)
+            if lengths is None
+            else lengths.to(device=out.device, dtype=torch.long)
+        )
         if head == "last":
             index = (steps - 1).view(B, 1, 1).expand(B, 1, out.shape[-1])
             return out.gather(1, index).squeeze(1), state

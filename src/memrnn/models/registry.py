@@ -36,41 +36,94 @@ class ModelVariant:
 VARIANTS: dict[str, ModelVariant] = {}
 
 
-def register_model(name: str, description: str, requires: tuple[str, ...],
-                   **defaults: Any) -> None:
+def register_model(name: str, description: str, requires: tuple[str, ...], **defaults: Any) -> None:
     unknown = sorted(set(defaults) - set(field_names()))
     if unknown:
         raise ValueError(f"register_model({name!r}): unknown ModelConfig field(s) {unknown}")
     VARIANTS[name] = ModelVariant(description, tuple(requires), dict(defaults))
 
 
-register_model("bmru-small", "2 x 64 BMRU blocks (bistable memory recurrent unit)", ("bmru",),
-               unit="bmru", **SMALL)
-register_model("cmru-small", "2 x 64 CMRU blocks (cumulative MRU; anneal to BMRU with "
-               "--epsilon-schedule)", ("cmru",), unit="cmru", **SMALL)
-register_model("lru-small", "2 x 64 LRU blocks (linear recurrent unit, fading memory)", ("lru",),
-               unit="lru", **SMALL)
+register_model(
+    "bmru-small",
+    "2 x 64 BMRU blocks (bistable memory recurrent unit)",
+    ("bmru",),
+    unit="bmru",
+    **SMALL,
+)
+register_model(
+    "cmru-small",
+    "2 x 64 CMRU blocks (cumulative MRU; anneal to BMRU with --epsilon-schedule)",
+    ("cmru",),
+    unit="cmru",
+    **SMALL,
+)
+register_model(
+    "lru-small",
+    "2 x 64 LRU blocks (linear recurrent unit, fading memory)",
+    ("lru",),
+    unit="lru",
+    **SMALL,
+)
 register_model("mingru-small", "2 x 64 minGRU blocks", ("mingru",), unit="mingru", **SMALL)
-register_model("hybrid-small", "2 x 64 blocks each running a BMRU and an LRU side by side",
-               ("hybrid",), unit="hybrid", **SMALL)
-register_model("bmru-lru-alt-small", "2 x 64 blocks alternating BMRU and LRU layers",
-               ("bmru", "lru"), unit=["bmru", "lru"], **SMALL)
-register_model("gru-small", "2 x 64 GRU blocks (sequential baseline)", ("gru",), unit="gru",
-               **SMALL)
-register_model("lstm-small", "2 x 64 LSTM blocks (sequential baseline)", ("lstm",), unit="lstm",
-               **SMALL)
-register_model("brc-small", "2 x 64 BRC blocks (bistable recurrent cell, sequential)", ("brc",),
-               unit="brc", **SMALL)
-register_model("nbrc-small", "2 x 64 nBRC blocks (neuromodulated BRC, sequential)", ("nbrc",),
-               unit="nbrc", **SMALL)
+register_model(
+    "hybrid-small",
+    "2 x 64 blocks each running a BMRU and an LRU side by side",
+    ("hybrid",),
+    unit="hybrid",
+    unit_kwargs={"mru": "bmru", "ssm": "lru"},
+    **SMALL,
+)
+register_model(
+    "bmru-lru-alt-small",
+    "2 x 64 blocks alternating BMRU and LRU layers",
+    ("bmru", "lru"),
+    unit=["bmru", "lru"],
+    **SMALL,
+)
+register_model(
+    "gru-small", "2 x 64 GRU blocks (sequential baseline)", ("gru",), unit="gru", **SMALL
+)
+register_model(
+    "lstm-small", "2 x 64 LSTM blocks (sequential baseline)", ("lstm",), unit="lstm", **SMALL
+)
+register_model(
+    "brc-small",
+    "2 x 64 BRC blocks (bistable recurrent cell, sequential)",
+    ("brc",),
+    unit="brc",
+    **SMALL,
+)
+register_model(
+    "nbrc-small",
+    "2 x 64 nBRC blocks (neuromodulated BRC, sequential)",
+    ("nbrc",),
+    unit="nbrc",
+    **SMALL,
+)
 # Chilkuri & Eliasmith (ICML 2021), psMNIST: order 468, 346 hidden units, theta = 784 (SPEC §4.3).
-register_model("lmu-psmnist", "parallel LMU psMNIST classifier (order 468, hidden 346, "
-               "theta 784) with a linear readout", ("plmu",), arch="direct", unit="plmu",
-               hidden_size=346, unit_kwargs={"order": 468, "theta": 784.0})
-register_model("src-mnist", "spiking recurrent cell network for spike-encoded MNIST",
-               ("spiking",), arch="spiking", spiking={"hidden_sizes": [128, 128]})
-register_model("src-digits", "spiking recurrent cell network for spike-encoded 8x8 digits",
-               ("spiking",), arch="spiking", spiking={"hidden_sizes": [64, 64]})
+register_model(
+    "lmu-psmnist",
+    "parallel LMU psMNIST classifier (order 468, hidden 346, theta 784) with a linear readout",
+    ("plmu",),
+    arch="direct",
+    unit="plmu",
+    hidden_size=346,
+    unit_kwargs={"order": 468, "theta": 784.0},
+)
+register_model(
+    "src-mnist",
+    "spiking recurrent cell network for spike-encoded MNIST",
+    ("spiking",),
+    arch="spiking",
+    spiking={"hidden_sizes": [128, 128]},
+)
+register_model(
+    "src-digits",
+    "spiking recurrent cell network for spike-encoded 8x8 digits",
+    ("spiking",),
+    arch="spiking",
+    spiking={"hidden_sizes": [64, 64]},
+)
 
 
 def _spiking_available() -> bool:
@@ -95,8 +148,9 @@ def _variants() -> dict[str, ModelVariant]:
     """Available explicit variants plus an automatic `<unit>-small` for every unit."""
     found: dict[str, ModelVariant] = {}
     for unit in sorted(memrnn.units.UNITS):
-        found[f"{unit}-small"] = ModelVariant(f"2 x 64 blocks of the {unit!r} unit", (unit,),
-                                              {"unit": unit, **SMALL})
+        found[f"{unit}-small"] = ModelVariant(
+            f"2 x 64 blocks of the {unit!r} unit", (unit,), {"unit": unit, **SMALL}
+        )
     found.update({k: v for k, v in VARIANTS.items() if _available(v)})
     return dict(sorted(found.items()))
 
@@ -140,7 +194,8 @@ def model_config(name: str, input_size: int, output_size: int, **overrides: Any)
     if unknown:
         hints = [
             f"{k!r} (did you mean {difflib.get_close_matches(k, field_names(), n=1)[0]!r}?)"
-            if difflib.get_close_matches(k, field_names(), n=1) else repr(k)
+            if difflib.get_close_matches(k, field_names(), n=1)
+            else repr(k)
             for k in unknown
         ]
         raise ValueError(f"unknown model option(s) {', '.join(hints)}; options: {field_names()}")
@@ -148,8 +203,9 @@ def model_config(name: str, input_size: int, output_size: int, **overrides: Any)
     for key in ("unit_kwargs", "spiking", "layer_unit_kwargs"):
         if key in overrides and key in base:
             overrides[key] = {**base[key], **(overrides[key] or {})}
-    return ModelConfig(input_size=input_size, output_size=output_size, name=name,
-                       **{**base, **overrides})
+    return ModelConfig(
+        input_size=input_size, output_size=output_size, name=name, **{**base, **overrides}
+    )
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -57,13 +57,19 @@ def weights_to_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, s
     return tensors, {"complex": json.dumps(complex_keys)}
 
 
-def tensors_to_weights(tensors: dict[str, Tensor], metadata: dict[str, str] | None) -> dict[str, Tensor]:
+def tensors_to_weights(
+    tensors: dict[str, Tensor],
+    metadata: dict[str, str] | None,
+) -> dict[str, Tensor]:
     complex_keys = set(json.loads((metadata or {}).get("complex", "[]")))
     return {k: torch.view_as_complex(v) if k in complex_keys else v for k, v in tensors.items()}
 
 
 def save_checkpoint(
-    run_dir: str | Path, tag: str, model: nn.Module, model_config: ModelConfig,
+    run_dir: str | Path,
+    tag: str,
+    model: nn.Module,
+    model_config: ModelConfig,
     training: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically writes checkpoint `tag` under `run_dir`; returns its folder."""
@@ -110,8 +116,9 @@ def find_checkpoint(path: str | Path, tag: str | None = None) -> Path:
     )
 
 
-def load_model(path: str | Path, tag: str | None = None, map_location: str = "cpu"
-               ) -> tuple[nn.Module, ModelConfig]:
+def load_model(
+    path: str | Path, tag: str | None = None, map_location: str = "cpu"
+) -> tuple[nn.Module, ModelConfig]:
     """Rebuilds the model of a checkpoint from its config and loads its weights."""
     folder = find_checkpoint(path, tag)
     config = ModelConfig.from_json((folder / MODEL_CONFIG).read_text())

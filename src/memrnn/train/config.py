@@ -176,7 +176,8 @@ def _coerce_one(tp: Any, value: Any, from_text: bool) -> Any:
 def coerce(key: str, value: Any, from_text: bool = False) -> Any:
     """Checks `value` against the type of TrainConfig field `key`; UsageError when it fails."""
     tp = typing.get_type_hints(TrainConfig)[key]
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    options = typing.get_args(tp) if is_union else (tp,)
     # None first so that "none" is not read as the string "none" for str | None fields.
     for option in sorted(options, key=lambda o: o is not type(None)):
         try:
@@ -234,8 +235,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(
-    file: str | Path | None = None, overrides: dict[str, Any] | None = None,
-    base: dict[str, Any] | None = None, overrides_are_text: bool = True,
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+    overrides_are_text: bool = True,
 ) -> TrainConfig:
     """Defaults < `base` (e.g. a saved run's config) < YAML `file` < `overrides`."""
     values: dict[str, Any] = {}

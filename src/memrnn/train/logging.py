@@ -29,8 +29,9 @@ class MetricsLogger:
     """Appends rows to `<run_dir>/metrics.csv` (and TensorBoard when `tensorboard` and the
     package are available). `resume_step`: keep only the existing rows with step <= it."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None,
-                 tensorboard: bool = False) -> None:
+    def __init__(
+        self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = False
+    ) -> None:
         self.path = Path(run_dir) / METRICS_CSV
         self.columns = list(FIXED)
         self.rows: list[dict[str, Any]] = []
@@ -62,10 +63,16 @@ class MetricsLogger:
             writer.writerows(self.rows)
         os.replace(tmp, self.path)
 
-    def log(self, step: int, split: str, loss: float, metrics: dict[str, float], lr: float,
-            time: float) -> None:
-        row: dict[str, Any] = {"step": step, "split": split, "loss": f"{loss:.6g}",
-                               "lr": f"{lr:.6g}", "time": f"{time:.3f}"}
+    def log(
+        self, step: int, split: str, loss: float, metrics: dict[str, float], lr: float, time: float
+    ) -> None:
+        row: dict[str, Any] = {
+            "step": step,
+            "split": split,
+            "loss": f"{loss:.6g}",
+            "lr": f"{lr:.6g}",
+            "time": f"{time:.3f}",
+        }
         row.update({k: f"{float(v):.6g}" for k, v in metrics.items() if k not in FIXED})
         self.rows.append(row)
         if self._extend_columns(row):

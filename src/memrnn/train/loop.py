@@ -50,7 +50,8 @@ class TrainResult:
 # -- building blocks ---------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    # The legacy global numpy RNG is what user code and libraries draw from when unseeded.
+    np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
 
 
@@ -95,8 +96,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         (no_decay if p.dim() < 2 or is_no_weight_decay(p) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -127,9 +130,15 @@ def penalty(model: nn.Module, lam: float) -> Tensor | None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: str = "val", samples: int = 512,
-             batch_size: int = 128, seq_len: int | None = None,
-             device: torch.device | str = "cpu") -> tuple[float, dict[str, float]]:
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    split: str = "val",
+    samples: int = 512,
+    batch_size: int = 128,
+    seq_len: int | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[float, dict[str, float]]:
     """(mean loss, mean metrics) over a fixed pass of `split`, weighted by batch size."""
     was_training = model.training
     model.eval()
@@ -153,14 +162,18 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
 
 
 def _rng_states(generator: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "random": random.getstate(), "batches": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "random": random.getstate(),
+        "batches": generator.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def _set_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    np.random.set_state(states["numpy"])  # noqa: NPY002
     random.setstate(states["random"])
     generator.set_state(states["batches"])
     if states.get("cuda") is not None and torch.cuda.is_available():
@@ -215,8 +228,9 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
     if echo:
         print(f"# resolved config ({run_dir / CONFIG_YAML})\n{config.to_yaml()}", end="")
 
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
-                                  betas=tuple(config.betas))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup, config.steps, config.min_lr_ratio)
     )
@@ -236,18 +250,33 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
     end = config.steps if config.stop_at is None else min(config.steps, config.stop_at)
 
     def training_state(step: int, val: dict[str, float]) -> dict[str, Any]:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_states(generator), "step": step, "best": best,
-                "train_time": elapsed, "val": val, "train_config": config.to_dict(),
-                "task": {"name": task.name, "primary_metric": metric_name,
-                         "higher_is_better": task.higher_is_better}}
+        return {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_states(generator),
+            "step": step,
+            "best": best,
+            "train_time": elapsed,
+            "val": val,
+            "train_config": config.to_dict(),
+            "task": {
+                "name": task.name,
+                "primary_metric": metric_name,
+                "higher_is_better": task.higher_is_better,
+            },
+        }
 
     bar = None
     if config.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=end, initial=start, desc=f"{config.model} on {config.task}",
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=end,
+            initial=start,
+            desc=f"{config.model} on {config.task}",
+            dynamic_ncols=True,
+            leave=False,
+        )
     val: dict[str, float] = {}
     model.train()
     step = start
@@ -277,20 +306,26 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
                 logger.log(step, "train", float(loss.detach()), metrics, lr, elapsed)
                 if bar is not None:
                     rate = config.batch_size * (step - start) / max(elapsed, 1e-9)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}",
-                                    **{metric_name: f"{metrics.get(metric_name, float('nan')):.4g}"},
-                                    samples_s=f"{rate:.0f}")
+                    value = metrics.get(metric_name, float("nan"))
+                    bar.set_postfix(
+                        loss=f"{float(loss.detach()):.4g}",
+                        **{metric_name: f"{value:.4g}"},
+                        samples_s=f"{rate:.0f}",
+                    )
             if bar is not None:
                 bar.update(1)
 
             at_eval = config.eval_every > 0 and step % config.eval_every == 0
-            out_of_time = (config.time_limit is not None
-                           and elapsed + time.perf_counter() - tick >= config.time_limit)
+            out_of_time = (
+                config.time_limit is not None
+                and elapsed + time.perf_counter() - tick >= config.time_limit
+            )
             if at_eval or step == end or out_of_time:
                 now = time.perf_counter()
                 elapsed += now - tick
-                val_loss, val = evaluate(model, task, "val", config.eval_samples,
-                                         config.eval_batch_size, device=device)
+                val_loss, val = evaluate(
+                    model, task, "val", config.eval_samples, config.eval_batch_size, device=device
+                )
                 logger.log(step, "val", val_loss, val, lr, elapsed)
                 value = val.get(metric_name, float("nan"))
                 improved = _is_better(value, best, task.higher_is_better)
@@ -318,7 +353,9 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The saved config.yaml of a run folder, as a dict."""
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
-        raise UsageError(f"{str(run_dir)!r} has no {CONFIG_YAML}; is it a run folder from `memrnn train`?")
+        raise UsageError(
+            f"{str(run_dir)!r} has no {CONFIG_YAML}; is it a run folder from `memrnn train`?"
+        )
     return yaml.safe_load(path.read_text()) or {}
 
 

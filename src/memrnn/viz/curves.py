@@ -24,13 +24,21 @@ def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for split in splits:
-            points = [(int(r["step"]), float(r[name])) for r in rows
-                      if r["split"] == split and r.get(name) not in (None, "")]
+            points = [
+                (int(r["step"]), float(r[name]))
+                for r in rows
+                if r["split"] == split and r.get(name) not in (None, "")
+            ]
             points = [(s, v) for s, v in points if math.isfinite(v)]
             if points:
                 steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, marker="o" if split != "train" else None,
-                        markersize=3, label=split)
+                ax.plot(
+                    steps,
+                    values,
+                    marker="o" if split != "train" else None,
+                    markersize=3,
+                    label=split,
+                )
         if name == "loss" and all(float(r["loss"]) > 0 for r in rows if r["loss"]):
             ax.set_yscale("log")
         ax.set_xlabel("step")

@@ -64,8 +64,9 @@ def _is_spiking(model: nn.Module) -> bool:
     return any(type(m).__name__ == "SRC" for m in model.modules())
 
 
-def plot_states(model: nn.Module, x: Tensor, out: str | Path, title: str = "",
-                max_panels: int = 6) -> list[Path]:
+def plot_states(
+    model: nn.Module, x: Tensor, out: str | Path, title: str = "", max_panels: int = 6
+) -> list[Path]:
     """Writes a PNG: the input, one heatmap per recorded state tensor, and the outputs; for
     spiking models also `<out stem>_spikes.png`, a raster of every layer's spikes. Returns the
     paths written."""
@@ -85,8 +86,14 @@ def plot_states(model: nn.Module, x: Tensor, out: str | Path, title: str = "",
     for ax, name in zip(axes[1:-1], names, strict=True):
         values = traces[name][:, :MAX_ROWS]  # (T, N)
         limit = float(values.abs().max()) or 1.0
-        image = ax.imshow(values.T.numpy(), aspect="auto", interpolation="nearest",
-                          cmap="RdBu_r", vmin=-limit, vmax=limit)
+        image = ax.imshow(
+            values.T.numpy(),
+            aspect="auto",
+            interpolation="nearest",
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+        )
         fig.colorbar(image, ax=ax, pad=0.01)
         ax.set_ylabel(f"{name}\nunit")
     axes[-1].plot(outputs.numpy(), linewidth=0.8)

@@ -93,6 +93,8 @@ def test_list_shows_models_and_tasks(capsys):
         (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
         (["train", "--resume", "--out", "no-such-run"], "has no config.yaml"),
         (["eval", "--checkpoint", "no-such-run"], "no checkpoint in 'no-such-run'"),
+        (["train", "--task", "psmnist", "--task.data_dir", "nope"], "data not found in "),
+        (["train", "--task", "text"], "set with --task.NAME VALUE"),
         (["plot", "--run", "no-such-run"], "has no metrics.csv"),
     ],
 )

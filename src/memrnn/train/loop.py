@@ -82,7 +82,10 @@ def build_task(name: str, seq_len: int | None = None, **kwargs: Any) -> Task:
     except (FileNotFoundError, NotADirectoryError) as err:
         raise UsageError(_one_line(err)) from None
     except (ValueError, TypeError) as err:
-        raise UsageError(_one_line(err)) from None
+        message = _one_line(err)
+        if "argument" in message:
+            message += " (task arguments are set with --task.NAME VALUE)"
+        raise UsageError(message) from None
 
 
 def _one_line(err: BaseException) -> str:

@@ -58,10 +58,10 @@ def test_state_size_is_constant(name: str) -> None:
     model = _real_model(name, head="mean")
     _, state = prefill(model, torch.randn(1, 3, 3, dtype=torch.float64))
     shapes = [tuple(t.shape) for t in tree_leaves(state)]
-    for _, state in itertools.islice(
+    for _, carried in itertools.islice(
         stream(model, itertools.repeat(torch.randn(3, dtype=torch.float64)), state,
                return_state=True), 200):
-        assert [tuple(t.shape) for t in tree_leaves(state)] == shapes
+        assert [tuple(t.shape) for t in tree_leaves(carried)] == shapes
     # Prompts of different lengths give states of the same size.
     _, long_state = prefill(model, torch.randn(1, 300, 3, dtype=torch.float64))
     assert [tuple(t.shape) for t in tree_leaves(long_state)] == shapes

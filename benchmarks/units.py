@@ -1,15 +1,26 @@
-"""Training-step speed of every registered unit, parallel mode against recurrent mode.
+"""Training-step speed of every registered unit vs sequence length, parallel against recurrent.
 
-    python -m benchmarks.units                         # B=16, D=128, T in {256, 1024, 4096}
+    python -m benchmarks.units                         # B=16, D=128, T = 256 ... 16384
     python -m benchmarks.units --units bmru,cmru,lru   # a subset of the registry
     python -m benchmarks.units --quick                 # tiny shapes, for smoke runs
 
-A training step is forward + backward of a sum-of-squares loss on the outputs. For each unit
-and length both modes are timed in the same run with the same weights and inputs, and the
-ratio recurrent / parallel is the speed-up of the parallel path. Before timing, each unit's
-parallel and recurrent outputs and gradients are compared in float64 on a small input; a unit
-that fails this check gets no speed-up reported. Recurrent timing above --max-recurrent-len
-is skipped, and slow cases (one step over --slow-seconds) are timed once.
+A training step is forward + backward of a sum-of-squares loss on the outputs. Every unit of
+`memrnn.units.UNITS` is timed, the sequential baselines included: "gru" and "lstm" are
+torch.nn.GRU / torch.nn.LSTM of the same width running their fused kernels (their only mode,
+reported as recurrent). For each unit and length both modes are timed in the same run with the
+same weights and inputs; `speedup` = recurrent / parallel, and `gru_over_unit` = (time of the
+torch.nn.GRU step at that T) / (this unit's fastest mode), both ratios of this run.
+
+Before timing, each unit's parallel and recurrent outputs and gradients are compared in
+float64 on a small input; a unit that fails this check gets no speed-up reported (its row says
+why). Recurrent mode of the units without a fused kernel is a Python loop over time steps, so
+it is slow at long T: above `--single-rep-len` (default 4096) it is timed once, without a
+warm-up, and above `--max-recurrent-len` (default 4096) it is not timed at all; a full run then
+finishes in about a quarter of an hour on a 2-core CPU. Cases whose first step takes longer
+than `--slow-seconds` are also timed once after that warm-up.
+
+Writes units.csv / units.json and units.png (time vs T, log-log, one line per unit and mode)
+to benchmarks/results/ (units_quick.* with --quick), or to --out-dir.
 """
 
 from __future__ import annotations
@@ -21,8 +32,11 @@ from pathlib import Path
 import torch
 
 import memrnn.units  # noqa: F401 - registers every unit module
-from benchmarks.common import format_table, print_header, time_fn, write_results
+from benchmarks.common import RESULTS_DIR, format_table, print_header, time_fn, write_results
 from memrnn.units import UNITS
+
+# The registry wraps these two torch.nn modules; their rows are labelled with the torch name.
+TORCH_BASELINES = {"gru": "torch.nn.GRU", "lstm": "torch.nn.LSTM"}
 
 
 def _build(name: str, input_size: int, hidden_size: int, dtype: torch.dtype) -> torch.nn.Module:
@@ -70,12 +84,62 @@ def _time(
     return time_fn(lambda: _train_step(unit, x), repeats=repeats, warmup=0), repeats
 
 
+def _time_once(unit: torch.nn.Module, x: torch.Tensor) -> tuple[float, int]:
+    started = time.perf_counter()
+    _train_step(unit, x)
+    return time.perf_counter() - started, 1
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """gru_over_unit: the torch.nn.GRU step time at the same T over the unit's fastest mode."""
+    gru = {r["T"]: r["recurrent_s"] for r in rows if r["unit"] == "gru" and r["recurrent_s"]}
+    for row in rows:
+        times = [t for t in (row["parallel_s"], row["recurrent_s"]) if t]
+        if row["T"] in gru and times and not row["check"].startswith("parallel and"):
+            row["gru_over_unit"] = gru[row["T"]] / min(times)
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """Time per training step vs T, log-log: one line per unit and mode."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    names = sorted({r["unit"] for r in rows})
+    colors = plt.get_cmap("tab20")(range(len(names)))
+    for color, name in zip(colors, names, strict=True):
+        for mode, style in (("parallel", "-"), ("recurrent", "--")):
+            pts = [(r["T"], r[f"{mode}_s"]) for r in rows if r["unit"] == name and r[f"{mode}_s"]]
+            if pts:
+                label = TORCH_BASELINES.get(name, name) + f" ({mode})"
+                ax.loglog(*zip(*pts, strict=True), style, marker="o", ms=3, color=color,
+                          label=label)
+    first = rows[0]
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("seconds per training step (forward + backward)")
+    ax.set_title(f"units, B={first['B']}, D={first['D']}, float32 (solid: parallel, dashed: recurrent)",
+                 fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def run(
     names: list[str], lengths: list[int], batch: int, width: int, repeats: int,
     max_recurrent_len: int, slow_seconds: float, out_dir: Path | None,
+    single_rep_len: int = 4096, result_name: str = "units",
 ) -> list[dict]:
     info = print_header("unit training-step benchmark (forward + backward)")
     print(f"#   shape: B={batch}, D=H={width}, float32, lengths {lengths}")
+    print(f"#   recurrent mode: timed once above T={single_rep_len}, "
+          f"skipped above T={max_recurrent_len} (except torch.nn.GRU/LSTM)")
     rows = []
     for name in names:
         # Some units set their modes per instance (from their configuration).
@@ -84,40 +148,57 @@ def run(
         for T in lengths:
             unit = _build(name, width, width, torch.float32)
             x = torch.randn(batch, T, width, generator=torch.Generator().manual_seed(T))
-            row = {"unit": name, "T": T, "B": batch, "D": width, "check": note,
-                   "parallel_s": None, "recurrent_s": None, "speedup": None, "recurrent_reps": None}
+            row = {"unit": name, "impl": TORCH_BASELINES.get(name, "memrnn"), "T": T, "B": batch,
+                   "D": width, "params": sum(p.numel() for p in unit.parameters()),
+                   "check": note, "parallel_s": None, "recurrent_s": None, "speedup": None,
+                   "recurrent_reps": None, "gru_over_unit": None}
             if parallel:
                 unit.mode = "parallel"
                 row["parallel_s"], _ = _time(unit, x, repeats, slow_seconds)
-            if T <= max_recurrent_len:
+            # torch.nn.GRU/LSTM run a fused kernel: fast enough at every length.
+            fused = name in TORCH_BASELINES
+            if T <= max_recurrent_len or fused:
                 unit.mode = "recurrent"
-                row["recurrent_s"], row["recurrent_reps"] = _time(unit, x, repeats, slow_seconds)
+                if T > single_rep_len and not fused:
+                    row["recurrent_s"], row["recurrent_reps"] = _time_once(unit, x)
+                else:
+                    row["recurrent_s"], row["recurrent_reps"] = _time(
+                        unit, x, repeats, slow_seconds
+                    )
             if ok and row["parallel_s"] and row["recurrent_s"]:
                 row["speedup"] = row["recurrent_s"] / row["parallel_s"]
             rows.append(row)
             columns = ["unit", "T", "parallel_s", "recurrent_s", "speedup", "check"]
             print(format_table([row], columns).splitlines()[-1], flush=True)
+    _add_ratios(rows)
     print()
-    print(format_table(rows, ["unit", "T", "parallel_s", "recurrent_s", "recurrent_reps",
-                              "speedup", "check"]))
-    csv_path, json_path = write_results("units", rows, info, out_dir)
-    print(f"\nwrote {csv_path} and {json_path}")
+    print(format_table(rows, ["unit", "impl", "T", "params", "parallel_s", "recurrent_s",
+                              "recurrent_reps", "speedup", "gru_over_unit", "check"]))
+    csv_path, json_path = write_results(result_name, rows, info, out_dir)
+    plot_path = plot(rows, (out_dir or RESULTS_DIR) / f"{result_name}.png")
+    print(f"\nwrote {csv_path}, {json_path}" + (f", {plot_path}" if plot_path else ""))
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--units", default="", help="comma-separated unit names (default: all)")
-    parser.add_argument("--lengths", default="256,1024,4096", help="comma-separated T values")
+    parser.add_argument("--lengths", default="256,1024,4096,16384", help="comma-separated T values")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=128, help="D = hidden size")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-recurrent-len", type=int, default=4096,
-                        help="skip recurrent timing above this length")
+                        help="skip recurrent timing of Python-loop units above this length")
+    parser.add_argument("--single-rep-len", type=int, default=4096,
+                        help="time recurrent mode once, without warm-up, above this length")
     parser.add_argument("--slow-seconds", type=float, default=2.0,
                         help="time a case once when one step takes longer than this")
-    parser.add_argument("--quick", action="store_true", help="B=2, D=16, T in {32, 128}, 2 repeats")
-    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="B=2, D=16, T in {32, 128}, 2 repeats; writes units_quick.*")
+    parser.add_argument("--out-dir", "--out", type=Path, default=None,
+                        help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     names = [n for n in args.units.split(",") if n] or sorted(UNITS)
     unknown = [n for n in names if n not in UNITS]
@@ -129,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         lengths, batch, width, repeats = [32, 128], 2, 16, 2
     run(
         names, lengths, batch, width, repeats, args.max_recurrent_len, args.slow_seconds,
-        args.out_dir,
+        args.out_dir, args.single_rep_len, "units_quick" if args.quick else "units",
     )
 
 

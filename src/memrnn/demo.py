@@ -116,7 +116,7 @@ def run_demo(
             seed=seed,
             progress=sys.stderr.isatty(),
             tensorboard=False,
-            epsilon_schedule=f"{int(0.2 * steps)},{int(0.5 * steps)}" if anneal else None,
+            epsilon_schedule=f"{int(0.1 * steps)},{int(0.25 * steps)}" if anneal else None,
             model_overrides={"d_model": s["d_model"]},
             task_kwargs={"p_write": s["p_write"], "test_len": test_len},
         )
@@ -126,9 +126,14 @@ def run_demo(
         if anneal:
             # The deployed model is a true BMRU (epsilon = 0), whether or not the time limit
             # cut the annealing short.
-            from memrnn.units.mru import EpsilonSchedule
+            from memrnn.models.registry import current_epsilon, set_epsilon
 
-            EpsilonSchedule(0, 0).apply(model, 0)
+            if current_epsilon(model) != 0.0:
+                print(
+                    f"# {label}: the time limit ended annealing at epsilon = "
+                    f"{current_epsilon(model):.2f}; evaluating at epsilon = 0"
+                )
+            set_epsilon(model, 0.0)
         _, at_t = evaluate(model, task, "val", s["eval_samples"])
         _, at_10t = evaluate(model, task, "test", max(16, s["eval_samples"] // 2))
         metric = task.primary_metric

@@ -77,14 +77,17 @@ def test_training_reduces_the_loss_and_keeps_best_and_last(tmp_path):
 def test_epsilon_schedule_anneals_cmru_to_bmru(tmp_path):
     if "cmru-small" not in list_models():
         pytest.skip("cmru not registered")
-    result = train(
-        _config(tmp_path, model="cmru-small", steps=6, epsilon_schedule="2,3", write_penalty=0.01)
-    )
-    from memrnn.units.mru import epsilon_units
+    from memrnn.models import current_epsilon
 
-    assert [u.epsilon for u in epsilon_units(result.model)] and all(
-        u.epsilon == 0.0 for u in epsilon_units(result.model)
-    )
+    config = _config(tmp_path, model="cmru-small", steps=6, epsilon_schedule="2,3")
+    config.write_penalty = 0.01
+    result = train(config)
+    assert current_epsilon(result.model) == 0.0
+    # epsilon is an attribute, not a weight: the checkpoint's config carries it.
+    reloaded, model_config = load_model(tmp_path, "last")
+    assert model_config.epsilon == 0.0 and current_epsilon(reloaded) == 0.0
+    best, best_config = load_model(tmp_path, "best")
+    assert current_epsilon(best) == best_config.epsilon
 
 
 def test_lr_warmup_then_cosine():

@@ -9,11 +9,13 @@ from memrnn.models.registry import (
     config_for_task,
     create_model,
     create_model_for_task,
+    current_epsilon,
     describe_models,
     head_for_task,
     list_models,
     model_config,
     register_model,
+    set_epsilon,
 )
 
 __all__ = [
@@ -28,9 +30,11 @@ __all__ = [
     "config_for_task",
     "create_model",
     "create_model_for_task",
+    "current_epsilon",
     "describe_models",
     "head_for_task",
     "list_models",
     "model_config",
     "register_model",
+    "set_epsilon",
 ]

@@ -39,6 +39,8 @@ class ModelConfig:
     mlp_ratio: hidden width of the GLU-MLP as a multiple of d_model.
     dropout: dropout on both residual branches.
     spiking: the SpikingConfig fields for arch="spiking".
+    epsilon: ε of every ε-family unit (BMRU, CMRU) after building; None keeps each unit's
+        own value. Training with an ε schedule records the value reached here.
     """
 
     input_size: int
@@ -57,6 +59,7 @@ class ModelConfig:
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     spiking: dict[str, Any] = field(default_factory=dict)
+    epsilon: float | None = None
     name: str = ""
 
     def __post_init__(self) -> None:

@@ -210,9 +210,30 @@ def model_config(name: str, input_size: int, output_size: int, **overrides: Any)
 
 def build_model(config: ModelConfig) -> nn.Module:
     """Builds the model a ModelConfig describes (the way checkpoints are reloaded)."""
-    if config.arch == "spiking":
-        return SpikingModel(config)
-    return Network(config)
+    model = SpikingModel(config) if config.arch == "spiking" else Network(config)
+    if config.epsilon is not None:
+        set_epsilon(model, config.epsilon)
+    return model
+
+
+def set_epsilon(model: nn.Module, value: float) -> None:
+    """Sets ε on every ε-family unit of `model` (no-op without the MRU units)."""
+    try:
+        from memrnn.units.mru import epsilon_units
+    except ImportError:
+        return
+    for unit in epsilon_units(model):
+        unit.epsilon = value
+
+
+def current_epsilon(model: nn.Module) -> float | None:
+    """ε of the first ε-family unit of `model`, or None when it has none."""
+    try:
+        from memrnn.units.mru import epsilon_units
+    except ImportError:
+        return None
+    units = epsilon_units(model)
+    return float(units[0].epsilon) if units else None
 
 
 def create_model(name: str, input_size: int, output_size: int, **overrides: Any) -> nn.Module:
@@ -237,10 +258,12 @@ __all__ = [
     "build_model",
     "config_for_task",
     "create_model",
+    "current_epsilon",
     "create_model_for_task",
     "describe_models",
     "head_for_task",
     "list_models",
     "model_config",
     "register_model",
+    "set_epsilon",
 ]

@@ -26,7 +26,7 @@ import yaml
 from torch import Tensor, nn
 
 from memrnn.models.config import ModelConfig
-from memrnn.models.registry import build_model, config_for_task
+from memrnn.models.registry import build_model, config_for_task, current_epsilon
 from memrnn.tasks.base import Task
 from memrnn.train.checkpoint import find_checkpoint, load_training, load_weights, save_checkpoint
 from memrnn.train.config import TrainConfig, UsageError
@@ -334,9 +334,14 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
                 improved = _is_better(value, best, task.higher_is_better)
                 if improved:
                     best = value
-                save_checkpoint(run_dir, "last", model, model_config, training_state(step, val))
+                saved_config = model_config
+                if eps is not None:
+                    # ε is a plain attribute, not a weight: the config carries the value reached.
+                    saved_config = model_config.replace(epsilon=current_epsilon(model))
+                state_now = training_state(step, val)
+                save_checkpoint(run_dir, "last", model, saved_config, state_now)
                 if improved:
-                    save_checkpoint(run_dir, "best", model, model_config, training_state(step, val))
+                    save_checkpoint(run_dir, "best", model, saved_config, state_now)
                 tick = time.perf_counter()
             if out_of_time:
                 break

@@ -151,18 +151,7 @@ def test_unit_forward_and_step_result_or_clear_error(name: str, args: tuple) -> 
     assert y_t.shape == (shape[0], unit.output_size)
 
 
-# RecurrentUnit.check_input / check_step_input do not compare the input dtype with the
-# parameters', so a mismatch fails inside a matmul with a RuntimeError (only the torch.nn
-# RNN-backed units raise a ValueError).
-DTYPE_CHECKED = ("gru", "lstm")
-
-
-@pytest.mark.parametrize("name", [
-    n if n in DTYPE_CHECKED else pytest.param(n, marks=pytest.mark.xfail(
-        raises=RuntimeError, strict=True,
-        reason="input/parameter dtype mismatch is not checked by RecurrentUnit.check_input"))
-    for n in sorted(UNITS)
-])
+@pytest.mark.parametrize("name", sorted(UNITS))
 def test_dtype_mismatch_is_a_clear_error(name: str) -> None:
     unit = build_unit(name, 3, 4)
     with pytest.raises(CLEAR_ERRORS):
@@ -171,16 +160,7 @@ def test_dtype_mismatch_is_a_clear_error(name: str) -> None:
         unit.step(torch.randn(2, 3, dtype=torch.float64))
 
 
-# A NaN input makes the BMRU/CMRU comparison |c| >= beta false, so the step is read as "no
-# write" and the NaN is dropped silently instead of propagating.
-NAN_DROPPED = ("bmru", "cmru")
-
-
-@pytest.mark.parametrize("name", [
-    n if n not in NAN_DROPPED else pytest.param(n, marks=pytest.mark.xfail(
-        strict=True, reason="the Heaviside write gate maps NaN to 'hold'"))
-    for n in sorted(UNITS)
-])
+@pytest.mark.parametrize("name", sorted(UNITS))
 def test_unit_nan_input_gives_nan_not_an_error(name: str) -> None:
     torch.manual_seed(0)
     unit = build_unit(name, 3, 4)

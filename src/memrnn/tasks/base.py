@@ -176,23 +176,29 @@ def _flatten(output: Tensor, batch: Batch, target: str, classes: bool) -> tuple[
     return output[mask], y[mask]
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    # Half-precision outputs are scored in float32; float32/float64 keep their precision.
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def cross_entropy_loss(output: Tensor, batch: Batch, target: str) -> Tensor:
     """Mean cross-entropy over samples ("last") or unmasked steps ("sequence")."""
     logits, y = _flatten(output, batch, target, classes=True)
-    return torch.nn.functional.cross_entropy(logits.float(), y)
+    return torch.nn.functional.cross_entropy(_at_least_float32(logits), y)
 
 
 def mse_loss(output: Tensor, batch: Batch, target: str) -> Tensor:
     """Mean squared error over samples ("last") or unmasked steps ("sequence")."""
     pred, y = _flatten(output, batch, target, classes=False)
-    return torch.nn.functional.mse_loss(pred.float(), y.float())
+    pred = _at_least_float32(pred)
+    return torch.nn.functional.mse_loss(pred, y.to(pred.dtype))
 
 
 def classification_metrics(output: Tensor, batch: Batch, target: str) -> dict[str, float]:
     """loss (nats) and accuracy over the samples or unmasked steps."""
     logits, y = _flatten(output, batch, target, classes=True)
     with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        loss = torch.nn.functional.cross_entropy(_at_least_float32(logits), y)
         acc = (logits.argmax(-1) == y).float().mean()
     return {"loss": float(loss), "accuracy": float(acc)}
 
@@ -201,8 +207,10 @@ def regression_metrics(output: Tensor, batch: Batch, target: str) -> dict[str, f
     """loss and mse (the same number), and nrmse = RMSE / std of the targets."""
     pred, y = _flatten(output, batch, target, classes=False)
     with torch.no_grad():
-        mse = torch.nn.functional.mse_loss(pred.float(), y.float())
-        std = y.float().std(unbiased=False)
+        pred = _at_least_float32(pred)
+        y = y.to(pred.dtype)
+        mse = torch.nn.functional.mse_loss(pred, y)
+        std = y.std(unbiased=False)
         nrmse = mse.sqrt() / std if float(std) > 0 else torch.tensor(float("nan"))
     return {"loss": float(mse), "mse": float(mse), "nrmse": float(nrmse)}
 

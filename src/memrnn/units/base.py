@@ -137,6 +137,18 @@ class RecurrentUnit(nn.Module):
             return p.device
         return torch.device("cpu")
 
+    def _check_dtype(self, x: Tensor, name: str) -> None:
+        """x's dtype must be one of the parameters' floating dtypes (outside autocast)."""
+        if torch.is_autocast_enabled(x.device.type):
+            return
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        if dtypes and x.dtype not in dtypes:
+            expected = ", ".join(sorted(str(d) for d in dtypes))
+            raise TypeError(
+                f"{type(self).__name__}: `{name}` has dtype {x.dtype} but the parameters are "
+                f"{expected}; convert one of them (e.g. unit.to({x.dtype}) or x.to({expected}))"
+            )
+
     def check_input(self, x: Any, name: str = "x") -> Tensor:
         """x must be a floating (B, T, input_size) tensor."""
         owner = type(self).__name__
@@ -150,6 +162,7 @@ class RecurrentUnit(nn.Module):
             raise ValueError(f"{owner}: `{name}` has T = 0 time steps; expected T >= 1")
         if not x.is_floating_point():
             raise TypeError(f"{owner}: `{name}` must be floating point, got {x.dtype}")
+        self._check_dtype(x, name)
         return x
 
     def check_step_input(self, x_t: Any, name: str = "x_t") -> Tensor:
@@ -163,6 +176,7 @@ class RecurrentUnit(nn.Module):
             )
         if not x_t.is_floating_point():
             raise TypeError(f"{owner}: `{name}` must be floating point, got {x_t.dtype}")
+        self._check_dtype(x_t, name)
         return x_t
 
     def check_state(self, state: Any, batch_size: int) -> NamedTuple:

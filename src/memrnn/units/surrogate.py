@@ -85,7 +85,8 @@ class _Heaviside(torch.autograd.Function):
         ctx.save_for_backward(u)
         ctx.derivative = derivative
         ctx.signed = signed
-        step = (u >= 0).to(u.dtype)
+        # NaN stays NaN (a comparison would read it as "below threshold" and drop it).
+        step = torch.where(torch.isnan(u), u, (u >= 0).to(u.dtype))
         # sign = 2 H - 1, so one Function serves both steps.
         return 2.0 * step - 1.0 if signed else step
 

@@ -1,0 +1,1 @@
+"""Reproduction experiments: YAML configs run by `python -m experiments.run <name>`."""

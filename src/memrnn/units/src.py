@@ -12,12 +12,22 @@ them end and keeps the neuron refractory. Per neuron, per step:
 
 Implementation notes (ours):
 
-- The recurrence is nonlinear, so it runs step by step. `W_s s` is computed for the whole
-  sequence in one matmul; the recurrence then loops per step inside one autograd Function
-  with a hand-written backward (`src_loop`), so autograd records one node per sequence
-  instead of ~15 per step. The forward groups the operations exactly as `src_step` does (its
-  outputs are bitwise equal); the backward agrees with autograd's to rounding;
-  `src_loop_reference` (a plain loop of `src_step`) is the ground truth it is tested against.
+- The recurrence is nonlinear, so it runs step by step, but only the recurrence: `W_s s` is
+  computed for the whole sequence in one matmul, and what is left is elementwise per (batch,
+  neuron). `backend` picks how that loop runs (`src_loop`):
+  "native": compiled numba kernels for the forward and the backward pass through time
+  (`memrnn.units.src_native`), one autograd node per sequence; CPU, float32/float64.
+  "torch": the same single autograd node with the loop written in torch ops per step, for
+  GPUs and other dtypes; its forward groups the operations exactly as `src_step` does.
+  "loop": a plain loop of `src_step` recorded by autograd (`src_loop_reference`), the ground
+  truth the others are tested against.
+  "auto" (default) uses "native" where it runs and agrees with "loop" on a small problem
+  (probed once per dtype) and "torch" otherwise.
+- float32 cells compute each step in float64 and round the carried state (i, h, hs) and the
+  output to float32 (every backend does the same). The fast positive feedback amplifies
+  rounding near spike onsets: over 1000 steps a float32-throughout loop drifts ~3e-4 from the
+  float64 result, so two float32 implementations that differ only in their tanh rounding
+  would disagree by as much; with float64 arithmetic inside they agree to float32 rounding.
 - The bias b_h is kept ≤ `bias_max` (−4) by clamping *in the forward pass*, with the gradient
   passed straight through the clamp: b_eff = b_h − ReLU(b_h − bias_max) with the ReLU term
   detached. We chose this over projecting the parameter after each optimiser step because the
@@ -47,7 +57,7 @@ Args:
     weight_gain: scale of W_s's initialisation relative to nn.Linear's (default 1).
     straight_through: straight-through ReLU gradient (default False).
     detach_recurrence: detach h, hs in the recurrence (default False).
-    fused: run sequences through the fused loop (default True); False runs `src_step` per step.
+    backend: "auto" (default), "native", "torch" or "loop"; how sequences run (see above).
     device, dtype: of the parameters.
 
 Shapes:
@@ -61,6 +71,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -71,10 +82,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memrnn.scan import linear_scan
-from memrnn.units.base import RecurrentUnit, register_unit
+from memrnn.units import src_native
+from memrnn.units.base import RecurrentUnit, check_choice, register_unit
+
+log = logging.getLogger(__name__)
 
 # A spike onset is counted when ReLU(h) rises above this level (rest is ReLU(h) = 0 exactly).
 SPIKE_THRESHOLD = 0.1
+
+BACKENDS = ("auto", "native", "torch", "loop")
+# Whether the native kernel ran correctly here, per dtype (probed once, see `resolve_backend`).
+_NATIVE_OK: dict[torch.dtype, bool] = {}
 
 
 class SRCState(NamedTuple):
@@ -96,10 +114,20 @@ class SRCConstants(NamedTuple):
     detach_recurrence: bool
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    # float32 cells compute in float64 and store float32 states (see the module notes).
+    return torch.float64 if dtype == torch.float32 else dtype
+
+
 def src_step(
     u_t: Tensor, state: SRCState, bias: Tensor, c: SRCConstants
 ) -> tuple[Tensor, SRCState]:
     """One SRC step from the integrator input u_t = W_s s_t (B, N). Differentiable by autograd."""
+    dtype, work = u_t.dtype, _work_dtype(u_t.dtype)
+    if work != dtype:
+        state = SRCState(*(s.to(work) for s in state))
+        y, state = src_step(u_t.to(work), state, bias.to(work), c)
+        return y.to(dtype), SRCState(*(s.to(dtype) for s in state))
     i_prev, h_prev, hs_prev = state
     if c.detach_recurrence:
         h_prev, hs_prev = h_prev.detach(), hs_prev.detach()
@@ -135,25 +163,29 @@ class _SRCLoop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, i0, h0, hs0, bias, c: SRCConstants):  # type: ignore[override]
+    def forward(ctx, u, i0, h0, hs0, bias, c: SRCConstants, store: torch.dtype):  # type: ignore[override]
         B, T, N = u.shape
         i_seq = u.new_empty(B, T, N)
         h_seq = u.new_empty(B, T, N)
         hs_seq = u.new_empty(B, T, N)
+
+        # States carried to the next step are rounded to the storage dtype, as in src_step.
+        def rnd(t: Tensor) -> Tensor:
+            return t if store == t.dtype else t.to(store).to(t.dtype)
+
         # The integrator runs as the same sequential update as src_step (not as a scan) so
-        # that float32 results stay bitwise equal to the step-by-step path.
+        # that results stay bitwise equal to the step-by-step path.
         i = i0
         for t in range(T):
-            i = c.alpha_i * i + u[:, t]
-            i_seq[:, t] = i
+            i_seq[:, t] = c.alpha_i * i + u[:, t]
+            i = rnd(i_seq[:, t])
         xb = c.rho * torch.tanh(i_seq / c.rho) + bias  # (B, T, N)
         h, hs = h0, hs0
         for t in range(T):
-            h_new = torch.tanh(xb[:, t] + c.r * h + c.r_s * hs)
+            h_seq[:, t] = torch.tanh(xb[:, t] + c.r * h + c.r_s * hs)
             z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h - 0.5))
-            hs = z * hs + (1.0 - z) * h
-            h = h_new
-            h_seq[:, t] = h
+            hs = rnd(z * hs + (1.0 - z) * h)
+            h = rnd(h_seq[:, t])
             hs_seq[:, t] = hs
         y = torch.relu(h_seq)
         ctx.save_for_backward(i_seq, h_seq, hs_seq, h0, hs0)
@@ -196,12 +228,64 @@ class _SRCLoop(torch.autograd.Function):
         gu, _ = linear_scan(alpha, b, None, reverse=True)
         gi0 = c.alpha_i * gu[:, 0]
         gbias = gp_seq.sum(dim=(0, 1)).reshape(ctx.bias_shape) if ctx.needs_input_grad[4] else None
-        return gu, gi0, gh, ghs, gbias, None
+        return gu, gi0, gh, ghs, gbias, None, None
 
 
-def src_loop(u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants) -> tuple[Tensor, SRCState]:
-    """The SRC over a sequence of integrator inputs u (B, T, N), fused (see module notes)."""
-    y, i, h, hs = _SRCLoop.apply(u, state.i, state.h, state.hs, bias, c)
+def _probe_native(dtype: torch.dtype) -> bool:
+    """Runs the native kernel once on a small spiking problem against `src_loop_reference`,
+    forward and backward."""
+    try:
+        gen = torch.Generator().manual_seed(0)
+        c = SRCConstants(0.9, 3.0, 2.0, -7.0, 0.9, 0.0, False, False)
+        u = (3.0 * torch.rand(2, 40, 3, generator=gen, dtype=dtype)).requires_grad_()
+        bias = torch.full((3,), -5.0, dtype=dtype, requires_grad=True)
+        h0 = torch.full((2, 3), -0.999, dtype=dtype)
+        state = SRCState(torch.zeros(2, 3, dtype=dtype), h0, h0.clone())
+        w = torch.randn(2, 40, 3, generator=gen, dtype=dtype)
+        results = []
+        for native in (True, False):
+            if native:
+                y, i, h, hs = src_native.src_native_loop(u, *state, bias, c)
+            else:
+                y, (i, h, hs) = src_loop_reference(u, state, bias, c)
+            loss = (y * w).sum() + h.sum() + hs.sum() + i.sum()
+            results.append([y, i, h, hs, *torch.autograd.grad(loss, (u, bias))])
+        tol = 1e-4 if dtype == torch.float32 else 1e-8
+        ok = bool(results[1][0].max() > 0.5) and all(
+            torch.allclose(a, b, atol=tol, rtol=tol) for a, b in zip(*results, strict=True)
+        )
+    except Exception as err:  # noqa: BLE001 - any failure means "not usable here"
+        log.debug("native SRC kernel unusable for %s: %r", dtype, err)
+        return False
+    return ok
+
+
+def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """The backend "auto" runs for this device and dtype: "native" where the compiled kernel
+    exists and agrees with the step loop (probed once per dtype), "torch" otherwise."""
+    if device.type != "cpu" or not src_native.AVAILABLE or dtype not in src_native.SUPPORTED_DTYPES:
+        return "torch"
+    if dtype not in _NATIVE_OK:
+        _NATIVE_OK[dtype] = _probe_native(dtype)
+    return "native" if _NATIVE_OK[dtype] else "torch"
+
+
+def src_loop(
+    u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants, backend: str = "auto"
+) -> tuple[Tensor, SRCState]:
+    """The SRC over a sequence of integrator inputs u (B, T, N) with the given backend
+    ("auto", "native", "torch" or "loop"; see the module notes)."""
+    check_choice("backend", backend, BACKENDS, "src_loop")
+    if backend == "auto":
+        backend = resolve_backend(u.device, u.dtype)
+    if backend == "loop":
+        return src_loop_reference(u, state, bias, c)
+    if backend == "native":
+        y, i, h, hs = src_native.src_native_loop(u, *state, bias, c)
+    else:
+        dtype, work = u.dtype, _work_dtype(u.dtype)
+        args = (t.to(work) for t in (u, state.i, state.h, state.hs, bias))
+        y, i, h, hs = (t.to(dtype) for t in _SRCLoop.apply(*args, c, dtype))
     return y, SRCState(i, h, hs)
 
 
@@ -270,7 +354,7 @@ class SRC(RecurrentUnit):
         weight_gain: float = 1.0,
         straight_through: bool = False,
         detach_recurrence: bool = False,
-        fused: bool = True,
+        backend: str = "auto",
         mode: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -295,7 +379,7 @@ class SRC(RecurrentUnit):
         self.bias_init = float(bias_init)
         self.bias_max = float(bias_max)
         self.weight_gain = float(weight_gain)
-        self.fused = bool(fused)
+        self.backend = check_choice("backend", backend, BACKENDS, "SRC")
         factory = {"device": device, "dtype": dtype}
         self.weight_s = nn.Parameter(torch.empty(hidden_size, input_size, **factory))  # (N, D)
         self.bias_h = nn.Parameter(torch.empty(hidden_size, **factory))  # (N,)
@@ -362,9 +446,7 @@ class SRC(RecurrentUnit):
 
     def _forward_recurrent(self, x: Tensor, state: SRCState) -> tuple[Tensor, SRCState]:
         u = F.linear(x, self.weight_s)  # (B, T, N)
-        if not self.fused:
-            return src_loop_reference(u, state, self.effective_bias_h, self.constants)
-        return src_loop(u.contiguous(), state, self.effective_bias_h, self.constants)
+        return src_loop(u.contiguous(), state, self.effective_bias_h, self.constants, self.backend)
 
     def extra_repr(self) -> str:
         c = self.constants
@@ -372,7 +454,7 @@ class SRC(RecurrentUnit):
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, alpha_i={c.alpha_i}, "
             f"rho={c.rho}, r={c.r}, r_s={c.r_s}, z_hyp={c.z_hyp}, z_dep={c.z_dep}, "
             f"bias_max={self.bias_max}, straight_through={c.straight_through}, "
-            f"detach_recurrence={c.detach_recurrence}, fused={self.fused}"
+            f"detach_recurrence={c.detach_recurrence}, backend={self.backend!r}"
         )
 
 
@@ -413,10 +495,12 @@ def spike_stats(
 
 
 __all__ = [
+    "BACKENDS",
     "SPIKE_THRESHOLD",
     "SRC",
     "SRCConstants",
     "SRCState",
+    "resolve_backend",
     "resting_state",
     "spike_stats",
     "src_loop",

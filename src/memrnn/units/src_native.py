@@ -1,0 +1,406 @@
+"""Compiled CPU kernels for the SRC recurrence: forward and backward through time (numba).
+
+Once the integrator input u_t = W_s s_t is known for the whole sequence (one matmul), the SRC
+is elementwise per (batch, neuron) and sequential only in time. The kernels walk time in an
+outer loop and the neurons of one batch row in a contiguous inner loop that LLVM vectorises;
+work is split over threads by (batch, neuron-chunk) jobs, as in `memrnn.scan.native`, so every
+thread owns whole time series. Small problems run a single-threaded build of the same kernel.
+
+Forward (per neuron, σ the logistic function):
+
+    i_t = α_i i_{t−1} + u_t,   θ_t = tanh(i_t / ρ)
+    h_t = tanh(((ρ θ_t + b) + r h_{t−1}) + r_s hs_{t−1})
+    σ_t = σ(10 (h_{t−1} − 0.5)),   z_t = z_hyp − (z_hyp − z_dep) σ_t
+    hs_t = z_t hs_{t−1} + (1 − z_t) h_{t−1},   y_t = ReLU(h_t)
+
+grouped as `src_step` groups them. For the backward pass it saves θ, h and hs per step.
+
+Backward, walking t = T−1 … 0 with gh, ghs, gi the gradients reaching h_t, hs_t and i_{t+1}
+from later steps (initially those of the final state):
+
+    gp_t = (gh + gy_t ReLU'(h_t)) (1 − h_t²)                      ReLU' := 1 if straight-through
+    g_t  = α_i gi + gp_t (1 − θ_t²)                               = dL/du_t = dL/di_t
+    k_t  = (1 − z_t) − 10 (z_hyp − z_dep) σ_t (1 − σ_t) (hs_{t−1} − h_{t−1})
+    gh ← r gp_t + k_t ghs,   ghs ← r_s gp_t + z_t ghs,   gi ← g_t  (gh, ghs ← 0 when detached)
+
+then dL/db = Σ_{batch, t} gp_t, dL/di_0 = α_i g_0, dL/dh_0 = gh, dL/dhs_0 = ghs.
+
+Why hand-written exp/tanh: numba's `math.tanh` and `math.exp` call libm one element at a time
+(about 30 ns per tanh here, slower than the torch loop they replace) unless Intel's SVML is
+installed. `_expm1_neg` below is written so that LLVM vectorises it: exp(−a) = 2^−n e^y with
+y = n ln 2 − a in [−ln2/2, ln2/2], e^y − 1 by a degree-13 Taylor polynomial (truncation below
+1e-17), and 2^−n from the bits of n by selects. tanh and σ built on it are accurate to a few
+ulp in float64. float32 tensors are computed in float64 registers and rounded to float32 at
+every stored state, so the state is rounded once per step as in the float32 torch loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from memrnn.scan.native import _chunk_size, _empty
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
+    numba = None
+
+AVAILABLE = numba is not None
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+# Problems with fewer elements (B T N) than this run single-threaded. Each element costs ~40
+# vector flops, so threads pay off much earlier than for the plain linear scan.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+# fdlibm's split of ln 2: n * _LN2_HI is exact for |n| < 2^20.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LOG2E = 1.44269504088896338700e00
+# exp(−40) = 4e-18: below this, tanh is 1.0 in float64 and σ is within 5e-18 of 0.
+_EXP_CLAMP = 40.0
+
+if AVAILABLE:
+
+    @njit(inline="always")
+    def _expm1_neg(a):  # pragma: no cover - compiled
+        """exp(−a) − 1 for a ≥ 0, vectorisable (a is clamped at 40, see module notes)."""
+        a = min(a, _EXP_CLAMP)
+        n = math.floor(a * _LOG2E + 0.5)
+        y = (n * _LN2_HI - a) + n * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = 1.0 / 479001600.0 + y * p
+        p = 1.0 / 39916800.0 + y * p
+        p = 1.0 / 3628800.0 + y * p
+        p = 1.0 / 362880.0 + y * p
+        p = 1.0 / 40320.0 + y * p
+        p = 1.0 / 5040.0 + y * p
+        p = 1.0 / 720.0 + y * p
+        p = 1.0 / 120.0 + y * p
+        p = 1.0 / 24.0 + y * p
+        p = 1.0 / 6.0 + y * p
+        p = 0.5 + y * p
+        p = 1.0 + y * p
+        p = y * p
+        k = int(n)
+        s = 0.5 if k & 1 else 1.0
+        s = s * (0.25 if k & 2 else 1.0)
+        s = s * (0.0625 if k & 4 else 1.0)
+        s = s * (0.00390625 if k & 8 else 1.0)
+        s = s * (1.52587890625e-05 if k & 16 else 1.0)
+        s = s * (2.3283064365386963e-10 if k & 32 else 1.0)
+        return s * p + (s - 1.0)
+
+    @njit(inline="always")
+    def _tanh(v):  # pragma: no cover - compiled
+        m = _expm1_neg(2.0 * abs(v))
+        t = -m / (2.0 + m)
+        return t if v >= 0.0 else -t
+
+    @njit(inline="always")
+    def _sigmoid(v):  # pragma: no cover - compiled
+        e = 1.0 + _expm1_neg(abs(v))
+        q = 1.0 / (1.0 + e)
+        return q if v >= 0.0 else e * q
+
+    @njit(inline="always")
+    def _cell(u, i, h, hs, b, alpha, rho, r, r_s, z_hyp, dz):  # pragma: no cover
+        i_new = alpha * i + u
+        th = _tanh(i_new / rho)
+        h_new = _tanh(((rho * th + b) + r * h) + r_s * hs)
+        z = z_hyp - dz * _sigmoid(10.0 * (h - 0.5))
+        hs_new = z * hs + (1.0 - z) * h
+        return i_new, th, h_new, hs_new
+
+    def _forward_loop(
+        u, i0, h0, hs0, bias, consts, y, th_seq, h_seq, hs_seq, i_out, h_out, hs_out, save, chunk
+    ):  # pragma: no cover - compiled
+        B, T, N = u.shape
+        alpha, rho, r, r_s = consts[0], consts[1], consts[2], consts[3]
+        z_hyp, dz = consts[4], consts[5]
+        n_chunks = (N + chunk - 1) // chunk
+        for job in prange(B * n_chunks):
+            ib = job // n_chunks
+            m0 = (job % n_chunks) * chunk
+            m1 = min(m0 + chunk, N)
+            L = m1 - m0
+            i = np.empty(L, dtype=u.dtype)
+            h = np.empty(L, dtype=u.dtype)
+            hs = np.empty(L, dtype=u.dtype)
+            for k in range(L):
+                i[k] = i0[ib, m0 + k]
+                h[k] = h0[ib, m0 + k]
+                hs[k] = hs0[ib, m0 + k]
+            for t in range(T):
+                if save:
+                    for k in range(L):
+                        m = m0 + k
+                        i_n, th, h_n, hs_n = _cell(
+                            u[ib, t, m], i[k], h[k], hs[k], bias[m], alpha, rho, r, r_s, z_hyp, dz
+                        )
+                        i[k] = i_n
+                        h[k] = h_n
+                        hs[k] = hs_n
+                        y[ib, t, m] = max(h_n, 0.0)
+                        th_seq[ib, t, m] = th
+                        h_seq[ib, t, m] = h_n
+                        hs_seq[ib, t, m] = hs_n
+                else:
+                    for k in range(L):
+                        m = m0 + k
+                        i_n, th, h_n, hs_n = _cell(
+                            u[ib, t, m], i[k], h[k], hs[k], bias[m], alpha, rho, r, r_s, z_hyp, dz
+                        )
+                        i[k] = i_n
+                        h[k] = h_n
+                        hs[k] = hs_n
+                        y[ib, t, m] = max(h_n, 0.0)
+            for k in range(L):
+                i_out[ib, m0 + k] = i[k]
+                h_out[ib, m0 + k] = h[k]
+                hs_out[ib, m0 + k] = hs[k]
+
+    @njit(inline="always")
+    def _adjoint(
+        gy, h, th, h_prev, hs_prev, gi, gh, ghs, consts, straight, detach
+    ):  # pragma: no cover # noqa: E501
+        r, r_s, z_hyp, dz = consts[2], consts[3], consts[4], consts[5]
+        g_out = gy if (straight or h > 0.0) else 0.0
+        gp = (gh + g_out) * (1.0 - h * h)
+        g = gi + gp * (1.0 - th * th)
+        sg = _sigmoid(10.0 * (h_prev - 0.5))
+        z = z_hyp - dz * sg
+        k = (1.0 - z) - 10.0 * dz * sg * (1.0 - sg) * (hs_prev - h_prev)
+        gh_new = 0.0 if detach else r * gp + k * ghs
+        ghs_new = 0.0 if detach else r_s * gp + z * ghs
+        return gp, g, gh_new, ghs_new
+
+    def _backward_loop(
+        gy,
+        gi_T,
+        gh_T,
+        ghs_T,
+        th_seq,
+        h_seq,
+        hs_seq,
+        h0,
+        hs0,
+        consts,
+        straight,
+        detach,
+        gu,
+        gbias,
+        gi0,
+        gh0,
+        ghs0,
+        chunk,
+    ):  # pragma: no cover - compiled
+        B, T, N = gy.shape
+        alpha = consts[0]
+        n_chunks = (N + chunk - 1) // chunk
+        for job in prange(B * n_chunks):
+            ib = job // n_chunks
+            m0 = (job % n_chunks) * chunk
+            m1 = min(m0 + chunk, N)
+            L = m1 - m0
+            # gi: the gradient reaching i_t from later steps (α_i dL/di_{t+1}, or the final
+            # state's at t = T−1); gb accumulates dL/db in float64.
+            gi = np.empty(L, dtype=gy.dtype)
+            gh = np.empty(L, dtype=gy.dtype)
+            ghs = np.empty(L, dtype=gy.dtype)
+            gb = np.zeros(L, dtype=np.float64)
+            for k in range(L):
+                gi[k] = gi_T[ib, m0 + k]
+                gh[k] = gh_T[ib, m0 + k]
+                ghs[k] = ghs_T[ib, m0 + k]
+            for t in range(T - 1, -1, -1):
+                if t > 0:
+                    for k in range(L):
+                        m = m0 + k
+                        gp, g, gh_n, ghs_n = _adjoint(
+                            gy[ib, t, m],
+                            h_seq[ib, t, m],
+                            th_seq[ib, t, m],
+                            h_seq[ib, t - 1, m],
+                            hs_seq[ib, t - 1, m],
+                            gi[k],
+                            gh[k],
+                            ghs[k],
+                            consts,
+                            straight,
+                            detach,
+                        )
+                        gb[k] += gp
+                        gu[ib, t, m] = g
+                        gi[k] = alpha * g
+                        gh[k] = gh_n
+                        ghs[k] = ghs_n
+                else:
+                    for k in range(L):
+                        m = m0 + k
+                        gp, g, gh_n, ghs_n = _adjoint(
+                            gy[ib, 0, m],
+                            h_seq[ib, 0, m],
+                            th_seq[ib, 0, m],
+                            h0[ib, m],
+                            hs0[ib, m],
+                            gi[k],
+                            gh[k],
+                            ghs[k],
+                            consts,
+                            straight,
+                            detach,
+                        )
+                        gb[k] += gp
+                        gu[ib, 0, m] = g
+                        gi[k] = alpha * g
+                        gh[k] = gh_n
+                        ghs[k] = ghs_n
+            for k in range(L):
+                m = m0 + k
+                gbias[ib, m] = gb[k]
+                gi0[ib, m] = gi[k]
+                gh0[ib, m] = gh[k]
+                ghs0[ib, m] = ghs[k]
+
+    # Compiled lazily per dtype, threaded for large problems and single-threaded for small
+    # ones (see memrnn.scan.native), and cached on disk.
+    _forward_threaded = njit(parallel=True, cache=True, nogil=True)(_forward_loop)
+    _forward_serial = njit(cache=True, nogil=True)(_forward_loop)
+    _backward_threaded = njit(parallel=True, cache=True, nogil=True)(_backward_loop)
+    _backward_serial = njit(cache=True, nogil=True)(_backward_loop)
+
+
+def _check(t: Tensor) -> None:
+    if not AVAILABLE:
+        raise RuntimeError("the native SRC kernel needs numba: pip install numba")
+    if t.device.type != "cpu":
+        raise RuntimeError(f"the native SRC kernel runs on CPU tensors, got device {t.device}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise RuntimeError(f"the native SRC kernel does not support dtype {t.dtype}")
+
+
+def _constants(c) -> np.ndarray:
+    return np.array([c.alpha_i, c.rho, c.r, c.r_s, c.z_hyp, c.z_hyp - c.z_dep], dtype=np.float64)
+
+
+def _arr(t: Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def src_native_forward(
+    u: Tensor, i0: Tensor, h0: Tensor, hs0: Tensor, bias: Tensor, c, save: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """Runs the SRC over u (B, T, N) from (i0, h0, hs0) (B, N) with bias (N,), constants `c`
+    (an `SRCConstants`). Returns y (B, T, N), the final (i, h, hs), and when `save` the
+    per-step (θ, h, hs) that `src_native_backward` needs."""
+    _check(u)
+    B, T, N = u.shape
+    dtype = u.dtype
+    y = _empty((B, T, N), dtype)
+    saved = tuple(_empty((B, T, N), dtype) for _ in range(3)) if save else None
+    # Unused outputs still need the right type for the compiled signature.
+    dummy = np.empty((1, 1, 1), dtype=y.numpy().dtype)
+    seqs = [s.numpy() for s in saved] if saved is not None else [dummy, dummy, dummy]
+    finals = [torch.empty(B, N, dtype=dtype) for _ in range(3)]
+    kernel = _forward_threaded if u.numel() >= PARALLEL_MIN_ELEMENTS else _forward_serial
+    kernel(
+        _arr(u),
+        _arr(i0),
+        _arr(h0),
+        _arr(hs0),
+        _arr(bias.reshape(-1).expand(N)),
+        _constants(c),
+        y.numpy(),
+        *seqs,
+        *(f.numpy() for f in finals),
+        save,
+        _chunk_size(B, N),
+    )
+    return y, finals[0], finals[1], finals[2], saved
+
+
+def src_native_backward(
+    gy: Tensor,
+    g_final: tuple[Tensor, Tensor, Tensor],
+    saved: tuple[Tensor, Tensor, Tensor],
+    h0: Tensor,
+    hs0: Tensor,
+    c,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dL/du (B, T, N), dL/db (N,), dL/di0, dL/dh0, dL/dhs0) from the output
+    gradient gy (B, T, N) and the final-state gradients g_final = (gi, gh, ghs) (B, N)."""
+    th_seq, h_seq, hs_seq = saved
+    B, T, N = h_seq.shape
+    dtype = h_seq.dtype
+    gu = _empty((B, T, N), dtype)
+    gbias = torch.empty(B, N, dtype=torch.float64)
+    grads0 = [torch.empty(B, N, dtype=dtype) for _ in range(3)]
+    kernel = _backward_threaded if h_seq.numel() >= PARALLEL_MIN_ELEMENTS else _backward_serial
+    kernel(
+        _arr(gy),
+        *(_arr(g) for g in g_final),
+        th_seq.numpy(),
+        h_seq.numpy(),
+        hs_seq.numpy(),
+        _arr(h0),
+        _arr(hs0),
+        _constants(c),
+        bool(c.straight_through),
+        bool(c.detach_recurrence),
+        gu.numpy(),
+        gbias.numpy(),
+        *(g.numpy() for g in grads0),
+        _chunk_size(B, N),
+    )
+    return gu, gbias.sum(dim=0).to(dtype), grads0[0], grads0[1], grads0[2]
+
+
+class _SRCNative(torch.autograd.Function):
+    """The SRC over a sequence as one autograd node, both passes in the compiled kernels."""
+
+    @staticmethod
+    def forward(ctx, u, i0, h0, hs0, bias, c):  # type: ignore[override]
+        y, i, h, hs, saved = src_native_forward(u, i0, h0, hs0, bias, c, save=True)
+        ctx.save_for_backward(*saved, h0, hs0)
+        ctx.constants = c
+        ctx.bias_shape = bias.shape
+        return y, i, h, hs
+
+    @staticmethod
+    def backward(ctx, gy, gi, gh, ghs):  # type: ignore[override]
+        th_seq, h_seq, hs_seq, h0, hs0 = ctx.saved_tensors
+        zeros = h0.new_zeros(h0.shape)
+        gy = torch.zeros_like(h_seq) if gy is None else gy
+        g_final = tuple(zeros if g is None else g for g in (gi, gh, ghs))
+        gu, gbias, gi0, gh0, ghs0 = src_native_backward(
+            gy, g_final, (th_seq, h_seq, hs_seq), h0, hs0, ctx.constants
+        )
+        gbias = gbias.reshape(ctx.bias_shape) if ctx.needs_input_grad[4] else None
+        return gu, gi0, gh0, ghs0, gbias, None
+
+
+def src_native_loop(
+    u: Tensor, i0: Tensor, h0: Tensor, hs0: Tensor, bias: Tensor, c
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The SRC over u (B, T, N) in the compiled kernels: (y, i_T, h_T, hs_T), differentiable.
+
+    Without gradients to track, the forward kernel runs alone and saves nothing."""
+    inputs = (u, i0, h0, hs0, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _SRCNative.apply(u, i0, h0, hs0, bias, c)
+    y, i, h, hs, _ = src_native_forward(u, i0, h0, hs0, bias, c, save=False)
+    return y, i, h, hs
+
+
+__all__ = [
+    "AVAILABLE",
+    "SUPPORTED_DTYPES",
+    "src_native_backward",
+    "src_native_forward",
+    "src_native_loop",
+]

@@ -1,0 +1,90 @@
+"""Experiment configs name registered models and tasks; the runner works end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments import run
+from experiments.tasks import FlipFlopEcho
+
+
+@pytest.mark.parametrize("name", run.list_experiments())
+def test_config_parses_and_names_registered_models_and_tasks(name: str) -> None:
+    cfg = run.load_config(name)
+    run.check_names(cfg)
+    quick = run.quick_config(cfg)
+    run.check_names(quick)
+    assert quick["train"]["steps"] <= 200, "a quick run must stay short"
+    for key in (*(cfg.get("train") or {}), *(quick.get("train") or {})):
+        assert key in run.RUN_KEYS
+    for spec in cfg["models"].values():
+        for key in spec.get("train") or {}:
+            assert key in run.RUN_KEYS
+
+
+def test_all_experiments_of_the_brief_have_configs() -> None:
+    assert set(run.list_experiments()) >= {
+        "copy-first-input", "denoising", "flip-flop-horizon", "mackey-glass", "psmnist",
+        "mnist1d", "digits", "src-depth", "hybrid-memory",
+    }
+
+
+def test_unknown_names_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["no-such-experiment"]) == 2
+    assert "no experiment 'no-such-experiment'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntask: digits\nmodels: {x: {model: no-such-model}}\n")
+    assert run.main([str(bad)]) == 2
+    assert "unknown 'no-such-model'" in capsys.readouterr().err
+
+
+def test_data_experiment_without_files_is_skipped_in_quick_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run.main(["psmnist", "--quick", "--out", str(tmp_path)]) == 0
+    assert "skipped" in capsys.readouterr().err and not (tmp_path / "results.md").exists()
+    assert run.main(["psmnist", "--out", str(tmp_path)]) == 2
+
+
+def test_flip_flop_echo_targets() -> None:
+    task = FlipFlopEcho(delay=3, seed=1)
+    batch = task.batch(4, seq_len=20)
+    assert batch.x.shape == (4, 20, 3) and batch.y.shape == (4, 20, 2)
+    assert torch.equal(batch.y[:, 3:, 1], batch.x[:, :-3, 2])
+    assert torch.all(batch.y[:, :3, 1] == 0) and set(batch.y[..., 0].unique().tolist()) <= {-1, 1}
+    perfect = task.metrics(batch.y, batch)
+    assert perfect["latch_accuracy"] == 1.0 and perfect["mse"] == 0.0
+
+
+def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {train_len: 12, delay: 2}\n"
+        "model_overrides: {d_model: 8, n_layers: 1}\n"
+        "models: {bmru: {model: bmru-small}, lru: {model: lru-small}}\n"
+        "train: {steps: 3, batch_size: 4, warmup: 1, eval_samples: 8}\n"
+        "report: [latch_accuracy, echo_nrmse]\n"
+        "evals: [{name: short, seq_len: 12, samples: 8}, {name: long, seq_len: 40, samples: 4}]\n"
+        "seeds: [0, 1]\n"
+    )
+    assert run.main([str(cfg), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 2
+    assert {r["eval"] for r in rows} == {"short", "long"}
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| bmru |" in md and "seeds: 0, 1" in md and "±" in md
+    assert (tmp_path / "out" / "results.png").is_file()
+
+
+@pytest.mark.slow
+def test_quick_experiment_runs(tmp_path: Path) -> None:
+    assert run.main(["hybrid-memory", "--quick", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert "QUICK" in text
+    for label in ("bmru", "lru", "hybrid-parallel", "hybrid-alternating"):
+        assert f"| {label} |" in text

@@ -121,8 +121,10 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     first = rows[0]
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("seconds per training step (forward + backward)")
-    ax.set_title(f"units, B={first['B']}, D={first['D']}, float32 (solid: parallel, dashed: recurrent)",
-                 fontsize=9)
+    ax.set_title(
+        f"units, B={first['B']}, D={first['D']}, float32 (solid: parallel, dashed: recurrent)",
+        fontsize=9,
+    )
     ax.legend(fontsize=6, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

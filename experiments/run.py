@@ -101,10 +101,9 @@ def report_metrics(cfg: dict[str, Any], task: Any) -> list[str]:
 
 def check_names(cfg: dict[str, Any]) -> None:
     """Every model and task the config names is registered (without building datasets)."""
+    import experiments.tasks  # noqa: F401 - registers the experiment-only tasks
     from memrnn.models.registry import list_models
     from memrnn.tasks.registry import list_tasks, task_kwargs
-
-    import experiments.tasks  # noqa: F401 - registers the experiment-only tasks
 
     if cfg["task"] not in list_tasks():
         raise ExperimentError(f"{cfg['name']}: unknown task {cfg['task']!r}")
@@ -249,7 +248,9 @@ def summary_table(cfg: dict[str, Any], rows: list[dict[str, Any]], metrics: list
     return "\n".join(lines)
 
 
-def plot(cfg: dict[str, Any], rows: list[dict[str, Any]], metrics: list[str], path: Path) -> Path | None:
+def plot(
+    cfg: dict[str, Any], rows: list[dict[str, Any]], metrics: list[str], path: Path
+) -> Path | None:
     try:
         import matplotlib
 
@@ -377,9 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:24s} {(cfg.get('title') or '').strip()}")
         return 0
     from benchmarks.common import git_commit
-    from memrnn.train import UsageError
 
     import experiments.tasks  # noqa: F401 - registers the experiment-only tasks
+    from memrnn.train import UsageError
 
     try:
         cfg = load_config(args.name)

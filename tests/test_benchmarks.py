@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from benchmarks import inference, memory, units
 from benchmarks.__main__ import BENCHMARKS
 from benchmarks.__main__ import main as bench_main

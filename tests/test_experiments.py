@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from experiments import run
 from experiments.tasks import FlipFlopEcho
 

@@ -3,13 +3,19 @@
     memrnn train --model bmru-small --task copy-first-input --seq-len 300 --steps 2000 --out runs/x
     memrnn train --config run.yaml --lr 1e-3 --model.d_model 128 --task.seed 3
     memrnn train --out runs/x --resume --steps 4000
+    torchrun --nproc_per_node 4 -m memrnn train ... --batch-size 256   (data-parallel)
     memrnn eval --checkpoint runs/x --seq-len 3000 --split test
+    memrnn generate --checkpoint runs/text --prompt "The " --n 100 --temperature 0.8 --top-k 20
+    printf '0 1\n1 -1\n' | memrnn stream --checkpoint runs/x
+    memrnn export --checkpoint runs/x --out step.pt2 --onnx step.onnx
     memrnn list
     memrnn plot --run runs/x
     memrnn plot --checkpoint runs/x --states
 
 `train` takes any TrainConfig key as `--key value` (dashes or underscores); mistakes in names,
-types or paths print one line on stderr and exit with status 2.
+types or paths, and damaged checkpoints, print one line on stderr and exit with status 2. A
+training run whose loss or gradients stop being finite prints one line naming the step and
+exits with status 3 (its last checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-from memrnn.train.config import UsageError
+from memrnn.train.config import TrainingDiverged, UsageError
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 def parse_overrides(tokens: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -70,6 +78,8 @@ def cmd_train(tokens: list[str]) -> int:
         base["stop_at"] = None
     config = resolve_config(config_file, overrides, base=base)
     result = train(config, echo=True)
+    if result.rank != 0:
+        return 0
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
     print(
         f"step {result.step}: val {summary} (train time {result.train_time:.1f} s); "
@@ -79,14 +89,16 @@ def cmd_train(tokens: list[str]) -> int:
 
 
 def _checkpoint_context(path: str) -> tuple[Any, Any, dict[str, Any], Path]:
-    from memrnn.train.checkpoint import find_checkpoint, load_model, load_training
+    from memrnn.train.checkpoint import CheckpointError, find_checkpoint, load_model, load_training
 
     try:
         folder = find_checkpoint(path)
+        model, _ = load_model(folder)
+        training = load_training(folder)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
-    model, _ = load_model(folder)
-    training = load_training(folder)
+    except CheckpointError as err:
+        raise UsageError(f"{err}; use another checkpoint (e.g. {Path(path) / 'prev'})") from None
     return model, folder, training, folder.parent
 
 
@@ -132,6 +144,116 @@ def cmd_eval(args: argparse.Namespace) -> int:
         (run_dir / name).write_text(json.dumps(result, indent=2))
     except OSError:
         pass
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from memrnn.inference import generate
+    from memrnn.train.checkpoint import load_vocab
+
+    model, folder, _, _ = _checkpoint_context(args.checkpoint)
+    config = model.config
+    if config.input_kind != "tokens" or config.head != "next-token":
+        raise UsageError(
+            f"generate needs a next-token model (e.g. trained on the text task); {folder} "
+            f"holds a model with {config.input_kind} inputs and a {config.head!r} head "
+            "(use `memrnn stream` for real-valued inputs)"
+        )
+    vocab = load_vocab(folder)
+    if vocab is None:
+        raise UsageError(f"{folder} has no vocab.json, so the prompt cannot be encoded; "
+                         "train the model again with this version of `memrnn train`")
+    if not args.prompt:
+        raise UsageError("--prompt must hold at least one character")
+    index = {token: i for i, token in enumerate(vocab)}
+    unknown = sorted({c for c in args.prompt if c not in index})
+    if unknown:
+        raise UsageError(f"the prompt has characters outside the model's vocabulary: "
+                         f"{''.join(unknown)!r}")
+    ids = torch.tensor([index[c] for c in args.prompt], dtype=torch.long)
+    generator = torch.Generator().manual_seed(args.seed)
+    try:
+        out = generate(model.eval(), ids, args.n, temperature=args.temperature,
+                       top_k=args.top_k, generator=generator)
+    except (ValueError, TypeError) as err:
+        raise UsageError(" ".join(str(err).split())) from None
+    print("".join(vocab[i] for i in out.tolist()))
+    return 0
+
+
+def _stdin_steps(size: int) -> Any:
+    """One list of `size` floats per non-empty, non-comment line of standard input."""
+    for number, line in enumerate(sys.stdin, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.replace(",", " ").split()
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise UsageError(f"stdin line {number}: {text!r} is not {size} number(s) separated "
+                             "by spaces or commas") from None
+        if len(values) != size:
+            raise UsageError(f"stdin line {number}: got {len(values)} value(s); the model "
+                             f"takes {size} per step")
+        yield values
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from memrnn.inference import stream
+
+    model, folder, _, _ = _checkpoint_context(args.checkpoint)
+    config = model.config
+    if config.input_kind != "real":
+        raise UsageError(f"stream reads real-valued steps; {folder} holds a token model "
+                         "(use `memrnn generate`)")
+    try:
+        for out_t in stream(model.eval(), _stdin_steps(config.input_size)):
+            if args.argmax:
+                print(int(out_t.argmax()))
+            else:
+                print(" ".join(f"{v:.6g}" for v in out_t.tolist()))
+            sys.stdout.flush()
+    except ValueError as err:
+        raise UsageError(" ".join(str(err).split())) from None
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error.
+        sys.stdout = None
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from memrnn.export import StepModule, export_onnx, export_step
+
+    model, folder, _, _ = _checkpoint_context(args.checkpoint)
+    model.eval()
+    # The exporters' warnings are about their own internals, not about this model.
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    program = export_step(model)
+    torch.export.save(program, str(out))
+    names = ", ".join(StepModule(model).state_names)
+    print(f"{out}: step of {folder} as torch.export program: (x_t, {names}) -> "
+          f"(y_t, new state); load with torch.export.load(path).module()")
+    if args.onnx:
+        onnx_path = Path(args.onnx)
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            export_onnx(model, onnx_path)
+        except ImportError as err:
+            raise UsageError(str(err)) from None
+        except Exception as err:
+            message = " ".join(str(err).split())[:300]
+            raise UsageError(f"ONNX export of {folder} failed ({type(err).__name__}: "
+                             f"{message}); units with a complex state (LRU) have no ONNX "
+                             "form, use the .pt2 program") from None
+        print(f"{onnx_path}: the same step as ONNX (inputs x_t, {names})")
     return 0
 
 
@@ -213,6 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
+    p = sub.add_parser("generate", help="sample text from a next-token model")
+    p.add_argument("--checkpoint", required=True, help="run folder (best, else last) or "
+                   "checkpoint folder of a text model")
+    p.add_argument("--prompt", required=True, help="text to start from")
+    p.add_argument("--n", type=int, default=100, help="characters to add (default 100)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("stream", help="run a model step by step on values read from stdin")
+    p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
+    p.add_argument("--argmax", action="store_true",
+                   help="print the index of the largest output (a class) instead of the values")
+    p = sub.add_parser("export", help="export the model's step function (torch.export, ONNX)")
+    p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
+    p.add_argument("--out", required=True, help="the .pt2 file to write")
+    p.add_argument("--onnx", default=None, help="also write this .onnx file")
     sub.add_parser("list", help="registered models and tasks")
     p = sub.add_parser("plot", help="learning curves, or hidden states over time")
     p.add_argument("--run", default=None, help="run folder: learning curves from metrics.csv")
@@ -232,11 +370,21 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "train":
             return cmd_train(argv[1:])
         args = parser.parse_args(argv)
-        handlers = {"eval": cmd_eval, "list": cmd_list, "plot": cmd_plot}
+        handlers = {
+            "eval": cmd_eval,
+            "generate": cmd_generate,
+            "stream": cmd_stream,
+            "export": cmd_export,
+            "list": cmd_list,
+            "plot": cmd_plot,
+        }
         return handlers[args.command](args)
     except UsageError as err:
         print(f"memrnn: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingDiverged as err:
+        print(f"memrnn: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("memrnn: interrupted; continue with --resume", file=sys.stderr)
         return 130

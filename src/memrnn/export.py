@@ -149,7 +149,8 @@ def _prepared(model: nn.Module, batch_size: int, dtype: torch.dtype | None,
     if batch_size < 2:
         raise ValueError(f"{caller}: the example batch_size must be >= 2 (the batch dim is "
                          "exported as dynamic and torch.export specialises a size of 1)")
-    step = StepModule(model)
+    # The wrapper follows the model's train/eval mode (a new module would be in training).
+    step = StepModule(model).train(model.training)
     args = example_inputs(step, batch_size, dtype)
     if isinstance(model, RecurrentUnit):
         model.check_step_input(args[0])

@@ -29,7 +29,9 @@ def _same(a, b) -> bool:
 def test_round_trip_rebuilds_model_and_training_state(tmp_path):
     model, cfg = _model()
     folder = save_checkpoint(tmp_path, "last", model, cfg, {"step": 7, "best": 0.5})
-    assert sorted(os.listdir(folder)) == ["model.safetensors", "model_config.json", "training.pt"]
+    assert sorted(os.listdir(folder)) == [
+        "manifest.json", "model.safetensors", "model_config.json", "training.pt"
+    ]
     loaded, loaded_cfg = load_model(tmp_path)
     assert loaded_cfg == cfg and _same(model, loaded)
     assert load_training(folder)["step"] == 7
@@ -64,7 +66,7 @@ def test_interrupted_swap_falls_back_to_the_old_checkpoint(tmp_path):
     loaded, _ = load_model(tmp_path)
     assert _same(model, loaded)
     save_checkpoint(tmp_path, "last", model, cfg, {"step": 4})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "prev"]
 
 
 def test_best_is_preferred_and_missing_checkpoint_is_explained(tmp_path):

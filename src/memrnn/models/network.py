@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from memrnn.models.block import Block, build_unit, make_norm
 from memrnn.models.config import ModelConfig
+from memrnn.units.base import RecurrentUnit
 
 
 class NetworkState(NamedTuple):
@@ -104,7 +105,7 @@ class Network(nn.Module):
         )
 
     # -- forward ------------------------------------------------------------------------------
-    def _encode(self, x: Tensor) -> Tensor:
+    def _encode(self, x: Tensor, name: str = "x") -> Tensor:
         if self.config.input_kind == "tokens":
             if x.is_floating_point():
                 raise TypeError(
@@ -115,6 +116,9 @@ class Network(nn.Module):
             raise TypeError(
                 f"{type(self).__name__}: real inputs must be floating point, got {x.dtype}"
             )
+        # The units' own check, so that a mismatch fails here and not inside the encoder's
+        # matmul (skipped under autocast, where mixed dtypes are expected).
+        RecurrentUnit._check_dtype(self, x, name)
         return self.encoder(x)
 
     def features_seq(
@@ -167,7 +171,7 @@ class Network(nn.Module):
 
     def step(self, x_t: Tensor, state: NetworkState | None = None) -> tuple[Tensor, NetworkState]:
         """One step of the whole model: x_t (B, input_size) or (B,) ids -> (out_t, state)."""
-        h = self._encode(x_t)
+        h = self._encode(x_t, "x_t")
         if state is None:
             state = self.init_state(h.shape[0], device=h.device, dtype=h.dtype)
         layers = []

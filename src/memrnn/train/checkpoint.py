@@ -1,17 +1,24 @@
-"""Checkpoints: one folder per tag (`last`, `best`) inside the run folder.
+"""Checkpoints: one folder per tag (`last`, `prev`, `best`) inside the run folder.
 
     <run>/last/model.safetensors    weights (complex tensors stored as (..., 2) real views)
     <run>/last/model_config.json    the ModelConfig that rebuilds the model
     <run>/last/training.pt          optimiser, scheduler, RNG states, step, metrics (torch.save)
+    <run>/last/vocab.json           (text models) the tokens, so that prompts can be encoded
+    <run>/last/manifest.json        size and SHA-256 of every other file, written last
 
 A checkpoint is written into a temporary folder beside the target, every file fsynced, then
-swapped in with two renames (old -> .<tag>.old, new -> <tag>) and the old one deleted. A
-failure at any point leaves a complete checkpoint: the previous one at <tag> (or, between the
-two renames, at .<tag>.old, which `find_checkpoint` falls back to).
+swapped in with two renames (old -> .<tag>.old, new -> <tag>). A failure at any point leaves
+a complete checkpoint: the previous one at <tag> (or, between the two renames, at
+.<tag>.old, which `find_checkpoint` falls back to). The `last` checkpoint it replaces is kept
+as `prev`, the fallback when `last` turns out damaged.
+
+Loading verifies the manifest: a truncated or altered file raises `CheckpointError` naming
+it (checkpoints written before manifests existed load unverified).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +36,15 @@ from memrnn.models.registry import build_model
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
 TRAINING = "training.pt"
+MANIFEST = "manifest.json"
+VOCAB = "vocab.json"
 TAGS = ("best", "last")
+# Where to look for a tag, in order: the tag, the tag mid-swap, then older copies.
+FALLBACKS = {"last": ("last", ".last.old", "prev"), "best": ("best", ".best.old")}
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that is incomplete, truncated or altered since it was written."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,14 +80,27 @@ def tensors_to_weights(
     return {k: torch.view_as_complex(v) if k in complex_keys else v for k, v in tensors.items()}
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_checkpoint(
     run_dir: str | Path,
     tag: str,
     model: nn.Module,
     model_config: ModelConfig,
     training: dict[str, Any] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Atomically writes checkpoint `tag` under `run_dir`; returns its folder."""
+    """Atomically writes checkpoint `tag` under `run_dir`; returns its folder.
+
+    `extra_files`: name -> text of further files (e.g. vocab.json), covered by the manifest.
+    Replacing `last` keeps the replaced checkpoint as `prev`.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / tag
@@ -83,72 +111,197 @@ def save_checkpoint(
         save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
         (tmp / MODEL_CONFIG).write_text(model_config.to_json())
         torch.save(training or {}, tmp / TRAINING)
-        for name in (WEIGHTS, MODEL_CONFIG, TRAINING):
+        names = [WEIGHTS, MODEL_CONFIG, TRAINING]
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+            names.append(name)
+        for name in names:
             _fsync_file(tmp / name)
+        # The manifest goes last: a folder with a valid manifest has every file complete.
+        manifest = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+                    for n in names}
+        (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=2))
+        _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
-        if old.exists():
-            shutil.rmtree(old)
         if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(final, old)
+        # Without `final`, a leftover .<tag>.old is the previous checkpoint (a crash between
+        # the two renames): it is kept, and becomes `prev` below.
         os.replace(tmp, final)
         _fsync_dir(run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if tag == "last" and old.exists():
+        prev = run_dir / "prev"
+        shutil.rmtree(prev, ignore_errors=True)
+        os.replace(old, prev)
+        _fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def find_checkpoint(path: str | Path, tag: str | None = None) -> Path:
-    """The checkpoint folder for `path`: a checkpoint folder itself, or a run folder (then
-    `tag`, by default `best` if present, else `last`). FileNotFoundError when there is none."""
-    path = Path(path)
+def verify_checkpoint(folder: str | Path) -> None:
+    """Checks every file against the manifest; CheckpointError naming the first bad one.
+
+    A folder without a manifest (written by an older version) passes if its files exist.
+    """
+    folder = Path(folder)
+    for name in (WEIGHTS, MODEL_CONFIG):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {name} is missing")
+    if not (folder / MANIFEST).is_file():
+        return
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {MANIFEST} is not readable"
+        ) from None
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {name} is missing")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is damaged: {name} has {size} bytes, "
+                f"expected {entry['bytes']} (truncated or overwritten)"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is damaged: {name} does not match its SHA-256 "
+                "in the manifest"
+            )
+
+
+def _candidates(path: Path, tag: str | None) -> list[Path]:
     if (path / WEIGHTS).is_file():
-        return path
+        return [path]
     tags = (tag,) if tag else TAGS
+    found = []
     for t in tags:
-        for candidate in (path / t, path / f".{t}.old"):
+        for name in FALLBACKS.get(t, (t, f".{t}.old")):
+            candidate = path / name
             if (candidate / WEIGHTS).is_file() and (candidate / MODEL_CONFIG).is_file():
-                return candidate
-    raise FileNotFoundError(
+                found.append(candidate)
+    return found
+
+
+def _not_found(path: Path, tag: str | None) -> FileNotFoundError:
+    tags = (tag,) if tag else TAGS
+    return FileNotFoundError(
         f"no checkpoint in {str(path)!r} (expected {'/'.join(tags)}/{WEIGHTS}); "
         "pass a run folder written by `memrnn train --out`"
     )
 
 
+def find_checkpoint(path: str | Path, tag: str | None = None) -> Path:
+    """The checkpoint folder for `path`: a checkpoint folder itself, or a run folder (then
+    `tag`, by default `best` if present, else `last`). FileNotFoundError when there is none.
+    The folder is not verified (see `verify_checkpoint`, `find_good_checkpoint`)."""
+    path = Path(path)
+    found = _candidates(path, tag)
+    if not found:
+        raise _not_found(path, tag)
+    return found[0]
+
+
+def find_good_checkpoint(path: str | Path, tag: str = "last") -> tuple[Path, list[str]]:
+    """The first checkpoint of `tag` (then its fallbacks, e.g. last -> prev) that passes
+    `verify_checkpoint`, and one message per damaged checkpoint skipped on the way.
+
+    FileNotFoundError when there is none at all; CheckpointError when every one is damaged.
+    """
+    path = Path(path)
+    found = _candidates(path, tag)
+    if not found:
+        raise _not_found(path, tag)
+    skipped = []
+    for folder in found:
+        try:
+            verify_checkpoint(folder)
+            return folder, skipped
+        except CheckpointError as err:
+            skipped.append(str(err))
+    raise CheckpointError("; ".join(skipped) + "; no intact checkpoint left to use")
+
+
 def load_model(
     path: str | Path, tag: str | None = None, map_location: str = "cpu"
 ) -> tuple[nn.Module, ModelConfig]:
-    """Rebuilds the model of a checkpoint from its config and loads its weights."""
+    """Rebuilds the model of a checkpoint from its config and loads its weights (verified
+    against the manifest: CheckpointError when damaged)."""
     folder = find_checkpoint(path, tag)
-    config = ModelConfig.from_json((folder / MODEL_CONFIG).read_text())
+    verify_checkpoint(folder)
+    config = read_model_config(folder)
     model = build_model(config)
     load_weights(model, folder, map_location)
     return model, config
+
+
+def read_model_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / MODEL_CONFIG
+    try:
+        return ModelConfig.from_json(path.read_text())
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {str(folder)!r} is damaged: {MODEL_CONFIG} "
+                              f"cannot be read ({' '.join(str(err).split())})") from None
 
 
 def load_weights(model: nn.Module, folder: str | Path, map_location: str = "cpu") -> None:
     from safetensors import safe_open
 
     path = str(Path(folder) / WEIGHTS)
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata()
-    tensors = tensors_to_weights(load_file(path, device=map_location), metadata)
-    model.load_state_dict(tensors)
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata()
+        loaded = load_file(path, device=map_location)
+    except Exception as err:
+        # safetensors raises its own error type (and OSError) on a damaged header or data.
+        raise CheckpointError(f"checkpoint {str(folder)!r} is damaged: {WEIGHTS} cannot be "
+                              f"read ({' '.join(str(err).split())})") from None
+    model.load_state_dict(tensors_to_weights(loaded, metadata))
 
 
 def load_training(folder: str | Path, map_location: str = "cpu") -> dict[str, Any]:
-    return torch.load(Path(folder) / TRAINING, map_location=map_location, weights_only=False)
+    path = Path(folder) / TRAINING
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {TRAINING} is "
+                              "missing") from None
+    except Exception as err:
+        # A truncated pickle raises EOFError, UnpicklingError or RuntimeError (zip reader).
+        raise CheckpointError(f"checkpoint {str(folder)!r} is damaged: {TRAINING} cannot be "
+                              f"read ({' '.join(str(err).split())})") from None
+
+
+def load_vocab(folder: str | Path) -> list[str] | None:
+    """The token strings saved with a text model's checkpoint, or None."""
+    path = Path(folder) / VOCAB
+    if not path.is_file():
+        return None
+    return list(json.loads(path.read_text())["tokens"])
 
 
 __all__ = [
+    "MANIFEST",
     "MODEL_CONFIG",
     "TAGS",
     "TRAINING",
+    "VOCAB",
     "WEIGHTS",
+    "CheckpointError",
     "find_checkpoint",
+    "find_good_checkpoint",
     "load_model",
     "load_training",
+    "load_vocab",
     "load_weights",
+    "read_model_config",
     "save_checkpoint",
+    "verify_checkpoint",
 ]

@@ -25,6 +25,15 @@ class UsageError(Exception):
     line and exits with status 2."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss or gradients stopped being finite; `step` is where it happened. The
+    CLI prints it on one line and exits with status 3."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 @dataclass
 class TrainConfig:
     """Args:
@@ -35,18 +44,28 @@ class TrainConfig:
     steps: optimiser steps in total.
     stop_at: end this invocation after this step, checkpointing (resume later with --resume).
     time_limit: end this invocation after this many seconds of training (None: no limit).
-    batch_size: samples per step.
+    batch_size: samples per optimiser step: the global batch, split evenly over the
+        processes of a distributed run and then over `grad_accum` micro-batches.
+    grad_accum: micro-batches per optimiser step (gradients accumulated, then one step).
     lr, weight_decay, betas: AdamW settings (no decay on norms, biases, marked parameters).
     warmup: linear warm-up steps, followed by a cosine decay to min_lr_ratio * lr.
     grad_clip: max global gradient norm (0 disables clipping).
     eval_every: evaluate (val split) and checkpoint every this many steps (0: only at the end).
+    ckpt_every: also checkpoint `last` (without evaluating) every this many steps (0: never).
     eval_samples: samples per evaluation.
     eval_batch_size: batch size of evaluations.
     log_every: write a train row to metrics.csv every this many steps.
     seed: seeds torch, numpy, random and the task's batch generator.
     epsilon_schedule: "hold,decay" steps for ε-units (ε = 1 held, then linearly to 0).
     write_penalty: λ of the write-rate penalty λ·(mean z)² of MRU units.
-    device: "cpu", "cuda", ... ("auto": cuda when available).
+    device: "cpu", "cuda", ... ("auto": cuda when available). Under torchrun each process
+        takes the GPU of its local rank.
+    dtype: parameter dtype, "float32" or "float64" (e.g. for exact equivalence checks).
+    precision: "fp32", or "bf16" (CUDA only): autocast to bfloat16 around the model, with
+        the recurrent units (their parameters and scans) kept in float32.
+    skip_nonfinite_grads: skip (and count) optimiser steps whose loss or gradients are not
+        finite, instead of stopping the run.
+    debug_nan_at_step: testing aid: make the gradients of this step NaN.
     resume: continue from `out`/last.
     progress: show a progress bar.
     tensorboard: also log to TensorBoard when it is installed.
@@ -62,6 +81,7 @@ class TrainConfig:
     stop_at: int | None = None
     time_limit: float | None = None
     batch_size: int = 32
+    grad_accum: int = 1
     lr: float = 3e-3
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -69,6 +89,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 0
+    ckpt_every: int = 0
     eval_samples: int = 512
     eval_batch_size: int = 128
     log_every: int = 10
@@ -76,6 +97,10 @@ class TrainConfig:
     epsilon_schedule: str | None = None
     write_penalty: float = 0.0
     device: str = "cpu"
+    dtype: str = "float32"
+    precision: str = "fp32"
+    skip_nonfinite_grads: bool = False
+    debug_nan_at_step: int | None = None
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True
@@ -254,10 +279,11 @@ def resolve_config(
 
 
 def check_config(c: TrainConfig) -> None:
-    for key in ("steps", "batch_size", "eval_samples", "eval_batch_size", "log_every"):
+    for key in ("steps", "batch_size", "grad_accum", "eval_samples", "eval_batch_size",
+                "log_every"):
         if getattr(c, key) < 1:
             raise UsageError(f"config key {key!r} must be >= 1, got {getattr(c, key)!r}")
-    for key in ("warmup", "eval_every", "seed"):
+    for key in ("warmup", "eval_every", "ckpt_every", "seed"):
         if getattr(c, key) < 0:
             raise UsageError(f"config key {key!r} must be >= 0, got {getattr(c, key)!r}")
     if c.seq_len is not None and c.seq_len < 1:
@@ -272,11 +298,29 @@ def check_config(c: TrainConfig) -> None:
         raise UsageError(f"config key 'betas' expects two numbers, got {c.betas!r}")
     if c.epsilon_schedule:
         parse_epsilon_schedule(c.epsilon_schedule)
+    for key, choices in (("dtype", DTYPES), ("precision", PRECISIONS)):
+        if getattr(c, key) not in choices:
+            raise UsageError(
+                f"config key {key!r} must be one of {', '.join(choices)}, got {getattr(c, key)!r}"
+            )
+    if c.precision == "bf16" and c.dtype != "float32":
+        raise UsageError("--precision bf16 runs float32 parameters under autocast; "
+                         "drop --dtype float64")
+    if c.batch_size % c.grad_accum:
+        raise UsageError(f"batch_size {c.batch_size} does not split into grad_accum "
+                         f"{c.grad_accum} equal micro-batches")
+
+
+DTYPES = ("float32", "float64")
+PRECISIONS = ("fp32", "bf16")
 
 
 __all__ = [
+    "DTYPES",
     "FIELDS",
+    "PRECISIONS",
     "TrainConfig",
+    "TrainingDiverged",
     "UsageError",
     "coerce",
     "load_yaml",

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -144,3 +145,106 @@ def test_demo_quick(tmp_path, capsys):
     assert "| model | parameters |" in out
     for name in ("results.md", "results.csv", "results.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def _text_run(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat; the dog ran to the log. " * 40)
+    run = tmp_path / "text"
+    args = ["train", "--model", "gru-small", "--task", "text", "--task.path", str(corpus),
+            "--steps", "3", "--out", str(run), *TINY]
+    assert main(args) == 0
+    return run
+
+
+def test_generate_continues_a_prompt_from_the_saved_vocabulary(tmp_path, capsys):
+    run = _text_run(tmp_path)
+    vocab = json.loads((run / "last" / "vocab.json").read_text())["tokens"]
+    assert vocab == sorted(set("the cat sat on the mat; the dog ran to the log. "))
+    capsys.readouterr()
+    args = ["generate", "--checkpoint", str(run), "--prompt", "the ", "--n", "20", "--seed", "3"]
+    assert main([*args, "--temperature", "0.8", "--top-k", "5"]) == 0
+    text = capsys.readouterr().out.rstrip("\n")
+    assert text.startswith("the ") and len(text) == 24 and set(text) <= set(vocab)
+    assert main([*args, "--temperature", "0.8", "--top-k", "5"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == text, "the same seed gives the same text"
+
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "XYZ"]) == 2
+    assert "outside the model's vocabulary: 'XYZ'" in capsys.readouterr().err
+    assert main([*args, "--temperature", "-1"]) == 2
+    assert "`temperature` must be >= 0" in capsys.readouterr().err
+
+
+def test_generate_and_stream_refuse_the_wrong_kind_of_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "a"]) == 2
+    assert "generate needs a next-token model" in capsys.readouterr().err
+    text = _text_run(tmp_path)
+    capsys.readouterr()
+    assert main(["stream", "--checkpoint", str(text)]) == 2
+    assert "holds a token model" in capsys.readouterr().err
+
+
+def test_stream_prints_one_output_per_stdin_line(tmp_path):
+    from memrnn.inference import prefill
+    from memrnn.train import load_model
+
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    lines = "1 1\n0, 0\n\n# a comment\n0 0\n1 -1\n0 0\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "memrnn", "stream", "--checkpoint", str(run)],
+                          input=lines, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = torch.tensor([[float(v) for v in row.split()] for row in proc.stdout.splitlines()])
+    # flip-flop has a per-step head: the streamed outputs are the parallel forward's.
+    model, _ = load_model(run)
+    x = torch.tensor([[1.0, 1], [0, 0], [0, 0], [1, -1], [0, 0]]).unsqueeze(0)
+    expected, _ = prefill(model.eval(), x)
+    assert got.shape == (5, 2)
+    torch.testing.assert_close(got, expected[0], rtol=1e-4, atol=1e-5)
+
+    proc = subprocess.run([sys.executable, "-m", "memrnn", "stream", "--checkpoint", str(run),
+                           "--argmax"], input="1 1\n1 2 3\n", capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stdout.strip() in ("0", "1")
+    assert proc.stderr.strip() == (
+        "memrnn: error: stdin line 2: got 3 value(s); the model takes 2 per step"
+    )
+
+
+def test_export_writes_a_program_that_steps_like_the_model(tmp_path, capsys):
+    from memrnn.export import StepModule
+    from memrnn.train import load_model
+
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    onnx = importlib.util.find_spec("onnx") is not None
+    extra = ["--onnx", str(tmp_path / "step.onnx")] if onnx else []
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "step.pt2"),
+                 *extra]) == 0
+    assert "step.pt2" in capsys.readouterr().out
+    program = torch.export.load(str(tmp_path / "step.pt2"))
+    model, _ = load_model(run)
+    step = StepModule(model.eval())
+    x = torch.randn(3, 2)
+    state = step.initial_tensors(3)
+    for got, expected in zip(program.module()(x, *state), step(x, *state), strict=True):
+        torch.testing.assert_close(got, expected)
+    if onnx:
+        from memrnn.export import run_onnx
+
+        got = run_onnx(tmp_path / "step.onnx", x, *state)
+        torch.testing.assert_close(got[0], step(x, *state)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_eval_of_a_damaged_checkpoint_exits_2_with_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    (run / "best" / "training.pt").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training.pt has 0 bytes" in err

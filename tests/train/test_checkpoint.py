@@ -6,10 +6,14 @@ import torch
 import memrnn.train.checkpoint as checkpoint
 from memrnn.models import build_model, list_models, model_config
 from memrnn.train.checkpoint import (
+    CheckpointError,
     find_checkpoint,
+    find_good_checkpoint,
     load_model,
     load_training,
+    load_vocab,
     save_checkpoint,
+    verify_checkpoint,
 )
 from memrnn.units import UNITS
 
@@ -78,3 +82,56 @@ def test_best_is_preferred_and_missing_checkpoint_is_explained(tmp_path):
     assert find_checkpoint(tmp_path / "last") == tmp_path / "last"
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         find_checkpoint(tmp_path / "elsewhere")
+
+
+def test_manifest_detects_truncation_and_alteration(tmp_path):
+    model, cfg = _model()
+    folder = save_checkpoint(tmp_path, "last", model, cfg, {"step": 1},
+                             extra_files={"vocab.json": '{"tokens": ["a", "b"]}'})
+    verify_checkpoint(folder)
+    assert load_vocab(folder) == ["a", "b"]
+    path = folder / "model_config.json"
+    text = path.read_text()
+    path.write_text(text[:-5])
+    with pytest.raises(CheckpointError, match="model_config.json has .* bytes, expected"):
+        load_model(folder)
+    path.write_text(text.replace("8", "9", 1))
+    with pytest.raises(CheckpointError, match="does not match its SHA-256"):
+        verify_checkpoint(folder)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="manifest.json is not readable"):
+        verify_checkpoint(folder)
+    (folder / "manifest.json").unlink()
+    # A checkpoint from before manifests existed loads unverified.
+    verify_checkpoint(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        verify_checkpoint(folder)
+
+
+def test_prev_is_kept_and_used_when_last_is_damaged(tmp_path):
+    model, cfg = _model()
+    save_checkpoint(tmp_path, "last", model, cfg, {"step": 1})
+    save_checkpoint(tmp_path, "last", model, cfg, {"step": 2})
+    assert load_training(tmp_path / "prev")["step"] == 1
+    assert find_good_checkpoint(tmp_path) == (tmp_path / "last", [])
+    (tmp_path / "last" / "training.pt").write_bytes(b"x")
+    folder, skipped = find_good_checkpoint(tmp_path)
+    assert folder == tmp_path / "prev" and len(skipped) == 1 and "training.pt" in skipped[0]
+    (tmp_path / "prev" / "training.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="no intact checkpoint left"):
+        find_good_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        find_good_checkpoint(tmp_path / "elsewhere")
+
+
+def test_unreadable_files_without_a_manifest_are_checkpoint_errors(tmp_path):
+    model, cfg = _model()
+    folder = save_checkpoint(tmp_path, "last", model, cfg, {"step": 1})
+    (folder / "manifest.json").unlink()
+    (folder / "training.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="training.pt cannot be read"):
+        load_training(folder)
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors cannot be read"):
+        load_model(folder)

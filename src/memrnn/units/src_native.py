@@ -53,9 +53,13 @@ except ImportError:  # pragma: no cover - exercised by the fallback test through
 AVAILABLE = numba is not None
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
-# Problems with fewer elements (B T N) than this run single-threaded. Each element costs ~40
-# vector flops, so threads pay off much earlier than for the plain linear scan.
-PARALLEL_MIN_ELEMENTS = 1 << 15
+# Problems with fewer elements (B T N) than this run single-threaded. On the 2-core machine
+# this was tuned on, threads gained little (3-layer benchmark layer: 23 vs 24 ms forward, 80 vs
+# 92 ms forward + backward), and after a parallel region under numba's OpenMP threading layer
+# the torch ops that followed in the same process ran up to 50x slower (measured: a torch step
+# loop went from 0.06 s to 3.4 s; not with the workqueue layer). So threads are kept for very
+# large problems only.
+PARALLEL_MIN_ELEMENTS = 1 << 23
 
 # fdlibm's split of ln 2: n * _LN2_HI is exact for |n| < 2^20.
 _LN2_HI = 6.93147180369123816490e-01
@@ -66,7 +70,7 @@ _EXP_CLAMP = 40.0
 
 if AVAILABLE:
 
-    @njit(inline="always")
+    @njit(inline="always", error_model="numpy")
     def _expm1_neg(a):  # pragma: no cover - compiled
         """exp(−a) − 1 for a ≥ 0, vectorisable (a is clamped at 40, see module notes)."""
         a = min(a, _EXP_CLAMP)
@@ -95,19 +99,19 @@ if AVAILABLE:
         s = s * (2.3283064365386963e-10 if k & 32 else 1.0)
         return s * p + (s - 1.0)
 
-    @njit(inline="always")
+    @njit(inline="always", error_model="numpy")
     def _tanh(v):  # pragma: no cover - compiled
         m = _expm1_neg(2.0 * abs(v))
         t = -m / (2.0 + m)
         return t if v >= 0.0 else -t
 
-    @njit(inline="always")
+    @njit(inline="always", error_model="numpy")
     def _sigmoid(v):  # pragma: no cover - compiled
         e = 1.0 + _expm1_neg(abs(v))
         q = 1.0 / (1.0 + e)
         return q if v >= 0.0 else e * q
 
-    @njit(inline="always")
+    @njit(inline="always", error_model="numpy")
     def _cell(u, i, h, hs, b, alpha, rho, r, r_s, z_hyp, dz):  # pragma: no cover
         i_new = alpha * i + u
         th = _tanh(i_new / rho)
@@ -128,43 +132,44 @@ if AVAILABLE:
             m0 = (job % n_chunks) * chunk
             m1 = min(m0 + chunk, N)
             L = m1 - m0
-            i = np.empty(L, dtype=u.dtype)
-            h = np.empty(L, dtype=u.dtype)
-            hs = np.empty(L, dtype=u.dtype)
-            for k in range(L):
-                i[k] = i0[ib, m0 + k]
-                h[k] = h0[ib, m0 + k]
-                hs[k] = hs0[ib, m0 + k]
+            # Row views indexed from 0 keep numba's negative-index handling out of the inner
+            # loops, which would otherwise stop LLVM from vectorising them.
+            b_row = bias[m0:m1]
+            i = i0[ib, m0:m1].copy()
+            h = h0[ib, m0:m1].copy()
+            hs = hs0[ib, m0:m1].copy()
             for t in range(T):
+                u_row = u[ib, t, m0:m1]
+                y_row = y[ib, t, m0:m1]
                 if save:
+                    th_row = th_seq[ib, t, m0:m1]
+                    h_row = h_seq[ib, t, m0:m1]
+                    hs_row = hs_seq[ib, t, m0:m1]
                     for k in range(L):
-                        m = m0 + k
                         i_n, th, h_n, hs_n = _cell(
-                            u[ib, t, m], i[k], h[k], hs[k], bias[m], alpha, rho, r, r_s, z_hyp, dz
+                            u_row[k], i[k], h[k], hs[k], b_row[k], alpha, rho, r, r_s, z_hyp, dz
                         )
                         i[k] = i_n
                         h[k] = h_n
                         hs[k] = hs_n
-                        y[ib, t, m] = max(h_n, 0.0)
-                        th_seq[ib, t, m] = th
-                        h_seq[ib, t, m] = h_n
-                        hs_seq[ib, t, m] = hs_n
+                        y_row[k] = max(h_n, 0.0)
+                        th_row[k] = th
+                        h_row[k] = h_n
+                        hs_row[k] = hs_n
                 else:
                     for k in range(L):
-                        m = m0 + k
                         i_n, th, h_n, hs_n = _cell(
-                            u[ib, t, m], i[k], h[k], hs[k], bias[m], alpha, rho, r, r_s, z_hyp, dz
+                            u_row[k], i[k], h[k], hs[k], b_row[k], alpha, rho, r, r_s, z_hyp, dz
                         )
                         i[k] = i_n
                         h[k] = h_n
                         hs[k] = hs_n
-                        y[ib, t, m] = max(h_n, 0.0)
-            for k in range(L):
-                i_out[ib, m0 + k] = i[k]
-                h_out[ib, m0 + k] = h[k]
-                hs_out[ib, m0 + k] = hs[k]
+                        y_row[k] = max(h_n, 0.0)
+            i_out[ib, m0:m1] = i
+            h_out[ib, m0:m1] = h
+            hs_out[ib, m0:m1] = hs
 
-    @njit(inline="always")
+    @njit(inline="always", error_model="numpy")
     def _adjoint(
         gy, h, th, h_prev, hs_prev, gi, gh, ghs, consts, straight, detach
     ):  # pragma: no cover # noqa: E501
@@ -208,71 +213,56 @@ if AVAILABLE:
             m1 = min(m0 + chunk, N)
             L = m1 - m0
             # gi: the gradient reaching i_t from later steps (α_i dL/di_{t+1}, or the final
-            # state's at t = T−1); gb accumulates dL/db in float64.
-            gi = np.empty(L, dtype=gy.dtype)
-            gh = np.empty(L, dtype=gy.dtype)
-            ghs = np.empty(L, dtype=gy.dtype)
+            # state's at t = T−1); gb accumulates dL/db in float64. Row views as in the forward.
+            gi = gi_T[ib, m0:m1].copy()
+            gh = gh_T[ib, m0:m1].copy()
+            ghs = ghs_T[ib, m0:m1].copy()
             gb = np.zeros(L, dtype=np.float64)
-            for k in range(L):
-                gi[k] = gi_T[ib, m0 + k]
-                gh[k] = gh_T[ib, m0 + k]
-                ghs[k] = ghs_T[ib, m0 + k]
             for t in range(T - 1, -1, -1):
+                gy_row = gy[ib, t, m0:m1]
+                h_row = h_seq[ib, t, m0:m1]
+                th_row = th_seq[ib, t, m0:m1]
+                gu_row = gu[ib, t, m0:m1]
                 if t > 0:
-                    for k in range(L):
-                        m = m0 + k
-                        gp, g, gh_n, ghs_n = _adjoint(
-                            gy[ib, t, m],
-                            h_seq[ib, t, m],
-                            th_seq[ib, t, m],
-                            h_seq[ib, t - 1, m],
-                            hs_seq[ib, t - 1, m],
-                            gi[k],
-                            gh[k],
-                            ghs[k],
-                            consts,
-                            straight,
-                            detach,
-                        )
-                        gb[k] += gp
-                        gu[ib, t, m] = g
-                        gi[k] = alpha * g
-                        gh[k] = gh_n
-                        ghs[k] = ghs_n
+                    hp_row = h_seq[ib, t - 1, m0:m1]
+                    hsp_row = hs_seq[ib, t - 1, m0:m1]
                 else:
-                    for k in range(L):
-                        m = m0 + k
-                        gp, g, gh_n, ghs_n = _adjoint(
-                            gy[ib, 0, m],
-                            h_seq[ib, 0, m],
-                            th_seq[ib, 0, m],
-                            h0[ib, m],
-                            hs0[ib, m],
-                            gi[k],
-                            gh[k],
-                            ghs[k],
-                            consts,
-                            straight,
-                            detach,
-                        )
-                        gb[k] += gp
-                        gu[ib, 0, m] = g
-                        gi[k] = alpha * g
-                        gh[k] = gh_n
-                        ghs[k] = ghs_n
-            for k in range(L):
-                m = m0 + k
-                gbias[ib, m] = gb[k]
-                gi0[ib, m] = gi[k]
-                gh0[ib, m] = gh[k]
-                ghs0[ib, m] = ghs[k]
+                    hp_row = h0[ib, m0:m1]
+                    hsp_row = hs0[ib, m0:m1]
+                for k in range(L):
+                    gp, g, gh_n, ghs_n = _adjoint(
+                        gy_row[k],
+                        h_row[k],
+                        th_row[k],
+                        hp_row[k],
+                        hsp_row[k],
+                        gi[k],
+                        gh[k],
+                        ghs[k],
+                        consts,
+                        straight,
+                        detach,
+                    )
+                    gb[k] += gp
+                    gu_row[k] = g
+                    gi[k] = alpha * g
+                    gh[k] = gh_n
+                    ghs[k] = ghs_n
+            gbias[ib, m0:m1] = gb
+            gi0[ib, m0:m1] = gi
+            gh0[ib, m0:m1] = gh
+            ghs0[ib, m0:m1] = ghs
 
     # Compiled lazily per dtype, threaded for large problems and single-threaded for small
     # ones (see memrnn.scan.native), and cached on disk.
-    _forward_threaded = njit(parallel=True, cache=True, nogil=True)(_forward_loop)
-    _forward_serial = njit(cache=True, nogil=True)(_forward_loop)
-    _backward_threaded = njit(parallel=True, cache=True, nogil=True)(_backward_loop)
-    _backward_serial = njit(cache=True, nogil=True)(_backward_loop)
+    _forward_threaded = njit(parallel=True, cache=True, nogil=True, error_model="numpy")(
+        _forward_loop
+    )
+    _forward_serial = njit(cache=True, nogil=True, error_model="numpy")(_forward_loop)
+    _backward_threaded = njit(parallel=True, cache=True, nogil=True, error_model="numpy")(
+        _backward_loop
+    )
+    _backward_serial = njit(cache=True, nogil=True, error_model="numpy")(_backward_loop)
 
 
 def _check(t: Tensor) -> None:

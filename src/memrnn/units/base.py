@@ -146,7 +146,7 @@ class RecurrentUnit(nn.Module):
             expected = ", ".join(sorted(str(d) for d in dtypes))
             raise TypeError(
                 f"{type(self).__name__}: `{name}` has dtype {x.dtype} but the parameters are "
-                f"{expected}; convert one of them (e.g. unit.to({x.dtype}) or x.to({expected}))"
+                f"{expected}; convert one of them (module.to({x.dtype}) or {name}.to(...))"
             )
 
     def check_input(self, x: Any, name: str = "x") -> Tensor:

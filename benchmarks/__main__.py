@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if name not in BENCHMARKS:
-        print(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)} or all",
-              file=sys.stderr)
+        print(
+            f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)} or all",
+            file=sys.stderr,
+        )
         return 2
     run_one(name, rest)
     return 0

@@ -78,8 +78,11 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     colors = plt.get_cmap("tab20")(range(len(names)))
     for ax, batch in zip(axes[0], batches, strict=True):
         for color, name in zip(colors, names, strict=True):
-            pts = sorted((r["position"] + 1, r["us_per_step"]) for r in rows
-                         if r["unit"] == name and r["B"] == batch)
+            pts = sorted(
+                (r["position"] + 1, r["us_per_step"])
+                for r in rows
+                if r["unit"] == name and r["B"] == batch
+            )
             ax.loglog(*zip(*pts, strict=True), marker="o", ms=3, color=color, label=name)
         ax.set_xlabel("position in the sequence (+1)")
         ax.set_ylabel("µs per step()")
@@ -93,12 +96,19 @@ def plot(rows: list[dict], path: Path) -> Path | None:
 
 
 def run(
-    names: list[str], batches: list[int], width: int, positions: list[int], window: int,
-    out_dir: Path | None, result_name: str = "inference",
+    names: list[str],
+    batches: list[int],
+    width: int,
+    positions: list[int],
+    window: int,
+    out_dir: Path | None,
+    result_name: str = "inference",
 ) -> list[dict]:
     info = print_header("unit step() latency vs position")
-    print(f"#   D={width}, batches {batches}, positions {positions}, window {window} steps, "
-          "no_grad, float32")
+    print(
+        f"#   D={width}, batches {batches}, positions {positions}, window {window} steps, "
+        "no_grad, float32"
+    )
     rows: list[dict] = []
     summary: list[dict] = []
     for name in names:
@@ -106,13 +116,27 @@ def run(
             lat = measure(name, batch, width, positions, window)
             first, last = lat[min(lat)][0], lat[max(lat)][0]
             for p, (median, mean) in lat.items():
-                rows.append({"unit": name, "B": batch, "D": width, "position": p,
-                             "window": window, "us_per_step": median * 1e6,
-                             "mean_us_per_step": mean * 1e6, "tokens_per_s": batch / median,
-                             "late_over_early": last / first})
-            summary.append({"unit": name, "B": batch,
-                            **{f"us@{p}": lat[p][0] * 1e6 for p in sorted(lat)},
-                            "late_over_early": last / first})
+                rows.append(
+                    {
+                        "unit": name,
+                        "B": batch,
+                        "D": width,
+                        "position": p,
+                        "window": window,
+                        "us_per_step": median * 1e6,
+                        "mean_us_per_step": mean * 1e6,
+                        "tokens_per_s": batch / median,
+                        "late_over_early": last / first,
+                    }
+                )
+            summary.append(
+                {
+                    "unit": name,
+                    "B": batch,
+                    **{f"us@{p}": lat[p][0] * 1e6 for p in sorted(lat)},
+                    "late_over_early": last / first,
+                }
+            )
             print(format_table([summary[-1]], list(summary[-1])).splitlines()[-1], flush=True)
     print()
     print(format_table(summary, list(summary[0])))
@@ -129,13 +153,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--units", default="", help="comma-separated unit names (default: all)")
     parser.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
     parser.add_argument("--width", type=int, default=128, help="D = input and hidden size")
-    parser.add_argument("--positions", default="0,1000,10000",
-                        help="comma-separated step positions of the timed windows")
+    parser.add_argument(
+        "--positions",
+        default="0,1000,10000",
+        help="comma-separated step positions of the timed windows",
+    )
     parser.add_argument("--window", type=int, default=200, help="timed steps per position")
-    parser.add_argument("--quick", action="store_true",
-                        help="D=16, B in {1, 4}, positions 0, 100, 1000, window 20")
-    parser.add_argument("--out-dir", "--out", type=Path, default=None,
-                        help="results folder (default benchmarks/results)")
+    parser.add_argument(
+        "--quick", action="store_true", help="D=16, B in {1, 4}, positions 0, 100, 1000, window 20"
+    )
+    parser.add_argument(
+        "--out-dir",
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.units.split(",") if n] or sorted(UNITS)
     unknown = [n for n in names if n not in UNITS]
@@ -146,8 +179,15 @@ def main(argv: list[str] | None = None) -> None:
     width, window = args.width, args.window
     if args.quick:
         batches, width, positions, window = [1, 4], 16, [0, 100, 1000], 20
-    run(names, batches, width, positions, window, args.out_dir,
-        "inference_quick" if args.quick else "inference")
+    run(
+        names,
+        batches,
+        width,
+        positions,
+        window,
+        args.out_dir,
+        "inference_quick" if args.quick else "inference",
+    )
 
 
 if __name__ == "__main__":

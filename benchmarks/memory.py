@@ -68,27 +68,46 @@ def _child(name: str, T: int, batch: int, width: int, mode: str, device: str) ->
         step(x)
         torch.cuda.synchronize(dev)
         peak = torch.cuda.max_memory_allocated(dev)
-        return {"method": "cuda.max_memory_allocated", "baseline_mb": before / 2**20,
-                "peak_mb": peak / 2**20, "step_mb": (peak - before) / 2**20}
+        return {
+            "method": "cuda.max_memory_allocated",
+            "baseline_mb": before / 2**20,
+            "peak_mb": peak / 2**20,
+            "step_mb": (peak - before) / 2**20,
+        }
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     scale = 1 if sys.platform == "darwin" else 1024
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
     step(x)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    return {"method": "ru_maxrss", "baseline_mb": before / 2**20, "peak_mb": peak / 2**20,
-            "step_mb": (peak - before) / 2**20}
+    return {
+        "method": "ru_maxrss",
+        "baseline_mb": before / 2**20,
+        "peak_mb": peak / 2**20,
+        "step_mb": (peak - before) / 2**20,
+    }
 
 
-def measure(name: str, T: int, batch: int, width: int, mode: str, device: str,
-            timeout: float = 600.0) -> dict:
+def measure(
+    name: str, T: int, batch: int, width: int, mode: str, device: str, timeout: float = 600.0
+) -> dict:
     """One configuration in a fresh subprocess; {"error": ...} when it fails."""
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--child",
-           json.dumps([name, T, batch, width, mode, device])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory",
+        "--child",
+        json.dumps([name, T, batch, width, mode, device]),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              env=env)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -111,17 +130,27 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     names = sorted({r["unit"] for r in rows})
     colors = plt.get_cmap("tab20")(range(len(names)))
     for color, name in zip(colors, names, strict=True):
-        pts = [(r["T"], max(r["step_mb"], 1e-2)) for r in rows
-               if r["unit"] == name and r.get("step_mb") is not None]
+        pts = [
+            (r["T"], max(r["step_mb"], 1e-2))
+            for r in rows
+            if r["unit"] == name and r.get("step_mb") is not None
+        ]
         if pts:
             mode = next(r["mode"] for r in rows if r["unit"] == name)
-            ax.loglog(*zip(*pts, strict=True), marker="o", ms=3, color=color,
-                      linestyle="-" if mode == "parallel" else "--", label=f"{name} ({mode})")
+            ax.loglog(
+                *zip(*pts, strict=True),
+                marker="o",
+                ms=3,
+                color=color,
+                linestyle="-" if mode == "parallel" else "--",
+                label=f"{name} ({mode})",
+            )
     first = rows[0]
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("extra memory of one training step (MB)")
-    ax.set_title(f"training-step memory, B={first['B']}, D={first['D']} ({first.get('method')})",
-                 fontsize=9)
+    ax.set_title(
+        f"training-step memory, B={first['B']}, D={first['D']} ({first.get('method')})", fontsize=9
+    )
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -130,15 +159,25 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def run(names: list[str], lengths: list[int], batch: int, width: int, device: str,
-        max_recurrent_len: int, out_dir: Path | None, result_name: str = "memory") -> list[dict]:
+def run(
+    names: list[str],
+    lengths: list[int],
+    batch: int,
+    width: int,
+    device: str,
+    max_recurrent_len: int,
+    out_dir: Path | None,
+    result_name: str = "memory",
+) -> list[dict]:
     import memrnn.units  # noqa: F401 - registers every unit module
     from memrnn.units import UNITS
 
     info = print_header("training-step peak memory")
     method = "cuda.max_memory_allocated" if device.startswith("cuda") else "ru_maxrss"
-    print(f"#   B={batch}, D={width}, float32, device {device}, method {method}, "
-          "one fresh process per configuration")
+    print(
+        f"#   B={batch}, D={width}, float32, device {device}, method {method}, "
+        "one fresh process per configuration"
+    )
     rows = []
     for name in names:
         cls = UNITS[name]
@@ -155,12 +194,24 @@ def run(names: list[str], lengths: list[int], batch: int, width: int, device: st
                 if "step_mb" in result:
                     row["bytes_per_elem"] = result["step_mb"] * 2**20 / (batch * T * width)
             rows.append(row)
-            columns = ["unit", "mode", "T", "baseline_mb", "peak_mb", "step_mb",
-                       "bytes_per_elem", "error", "note"]
+            columns = [
+                "unit",
+                "mode",
+                "T",
+                "baseline_mb",
+                "peak_mb",
+                "step_mb",
+                "bytes_per_elem",
+                "error",
+                "note",
+            ]
             print(format_table([row], columns).splitlines()[-1], flush=True)
     print()
-    print(format_table(rows, ["unit", "mode", "T", "step_mb", "bytes_per_elem", "peak_mb",
-                              "error", "note"]))
+    print(
+        format_table(
+            rows, ["unit", "mode", "T", "step_mb", "bytes_per_elem", "peak_mb", "error", "note"]
+        )
+    )
     csv_path, json_path = write_results(result_name, rows, info, out_dir)
     plot_path = plot(rows, (out_dir or RESULTS_DIR) / f"{result_name}.png")
     print(f"\nwrote {csv_path}, {json_path}" + (f", {plot_path}" if plot_path else ""))
@@ -177,12 +228,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=128, help="D = hidden size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--max-recurrent-len", type=int, default=4096,
-                        help="skip Python-loop recurrent units above this length")
-    parser.add_argument("--quick", action="store_true",
-                        help="B=2, D=16, T in {256, 1024}, units bmru, lru, gru")
-    parser.add_argument("--out-dir", "--out", type=Path, default=None,
-                        help="results folder (default benchmarks/results)")
+    parser.add_argument(
+        "--max-recurrent-len",
+        type=int,
+        default=4096,
+        help="skip Python-loop recurrent units above this length",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="B=2, D=16, T in {256, 1024}, units bmru, lru, gru"
+    )
+    parser.add_argument(
+        "--out-dir",
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     if args.child:
         name, T, batch, width, mode, device = json.loads(args.child)
@@ -200,8 +261,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         lengths, batch, width = [256, 1024], 2, 16
         names = [n for n in names if n in ("bmru", "lru", "gru")] if not args.units else names
-    run(names, lengths, batch, width, args.device, args.max_recurrent_len, args.out_dir,
-        "memory_quick" if args.quick else "memory")
+    run(
+        names,
+        lengths,
+        batch,
+        width,
+        args.device,
+        args.max_recurrent_len,
+        args.out_dir,
+        "memory_quick" if args.quick else "memory",
+    )
 
 
 if __name__ == "__main__":

@@ -116,8 +116,9 @@ def plot(rows: list[dict], path: Path) -> Path | None:
             pts = [(r["T"], r[f"{mode}_s"]) for r in rows if r["unit"] == name and r[f"{mode}_s"]]
             if pts:
                 label = TORCH_BASELINES.get(name, name) + f" ({mode})"
-                ax.loglog(*zip(*pts, strict=True), style, marker="o", ms=3, color=color,
-                          label=label)
+                ax.loglog(
+                    *zip(*pts, strict=True), style, marker="o", ms=3, color=color, label=label
+                )
     first = rows[0]
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("seconds per training step (forward + backward)")
@@ -134,14 +135,23 @@ def plot(rows: list[dict], path: Path) -> Path | None:
 
 
 def run(
-    names: list[str], lengths: list[int], batch: int, width: int, repeats: int,
-    max_recurrent_len: int, slow_seconds: float, out_dir: Path | None,
-    single_rep_len: int = 4096, result_name: str = "units",
+    names: list[str],
+    lengths: list[int],
+    batch: int,
+    width: int,
+    repeats: int,
+    max_recurrent_len: int,
+    slow_seconds: float,
+    out_dir: Path | None,
+    single_rep_len: int = 4096,
+    result_name: str = "units",
 ) -> list[dict]:
     info = print_header("unit training-step benchmark (forward + backward)")
     print(f"#   shape: B={batch}, D=H={width}, float32, lengths {lengths}")
-    print(f"#   recurrent mode: timed once above T={single_rep_len}, "
-          f"skipped above T={max_recurrent_len} (except torch.nn.GRU/LSTM)")
+    print(
+        f"#   recurrent mode: timed once above T={single_rep_len}, "
+        f"skipped above T={max_recurrent_len} (except torch.nn.GRU/LSTM)"
+    )
     rows = []
     for name in names:
         # Some units set their modes per instance (from their configuration).
@@ -150,10 +160,20 @@ def run(
         for T in lengths:
             unit = _build(name, width, width, torch.float32)
             x = torch.randn(batch, T, width, generator=torch.Generator().manual_seed(T))
-            row = {"unit": name, "impl": TORCH_BASELINES.get(name, "memrnn"), "T": T, "B": batch,
-                   "D": width, "params": sum(p.numel() for p in unit.parameters()),
-                   "check": note, "parallel_s": None, "recurrent_s": None, "speedup": None,
-                   "recurrent_reps": None, "gru_over_unit": None}
+            row = {
+                "unit": name,
+                "impl": TORCH_BASELINES.get(name, "memrnn"),
+                "T": T,
+                "B": batch,
+                "D": width,
+                "params": sum(p.numel() for p in unit.parameters()),
+                "check": note,
+                "parallel_s": None,
+                "recurrent_s": None,
+                "speedup": None,
+                "recurrent_reps": None,
+                "gru_over_unit": None,
+            }
             if parallel:
                 unit.mode = "parallel"
                 row["parallel_s"], _ = _time(unit, x, repeats, slow_seconds)
@@ -174,8 +194,23 @@ def run(
             print(format_table([row], columns).splitlines()[-1], flush=True)
     _add_ratios(rows)
     print()
-    print(format_table(rows, ["unit", "impl", "T", "params", "parallel_s", "recurrent_s",
-                              "recurrent_reps", "speedup", "gru_over_unit", "check"]))
+    print(
+        format_table(
+            rows,
+            [
+                "unit",
+                "impl",
+                "T",
+                "params",
+                "parallel_s",
+                "recurrent_s",
+                "recurrent_reps",
+                "speedup",
+                "gru_over_unit",
+                "check",
+            ],
+        )
+    )
     csv_path, json_path = write_results(result_name, rows, info, out_dir)
     plot_path = plot(rows, (out_dir or RESULTS_DIR) / f"{result_name}.png")
     print(f"\nwrote {csv_path}, {json_path}" + (f", {plot_path}" if plot_path else ""))
@@ -191,16 +226,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=128, help="D = hidden size")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-recurrent-len", type=int, default=4096,
-                        help="skip recurrent timing of Python-loop units above this length")
-    parser.add_argument("--single-rep-len", type=int, default=4096,
-                        help="time recurrent mode once, without warm-up, above this length")
-    parser.add_argument("--slow-seconds", type=float, default=2.0,
-                        help="time a case once when one step takes longer than this")
-    parser.add_argument("--quick", action="store_true",
-                        help="B=2, D=16, T in {32, 128}, 2 repeats; writes units_quick.*")
-    parser.add_argument("--out-dir", "--out", type=Path, default=None,
-                        help="results folder (default benchmarks/results)")
+    parser.add_argument(
+        "--max-recurrent-len",
+        type=int,
+        default=4096,
+        help="skip recurrent timing of Python-loop units above this length",
+    )
+    parser.add_argument(
+        "--single-rep-len",
+        type=int,
+        default=4096,
+        help="time recurrent mode once, without warm-up, above this length",
+    )
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=2.0,
+        help="time a case once when one step takes longer than this",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="B=2, D=16, T in {32, 128}, 2 repeats; writes units_quick.*",
+    )
+    parser.add_argument(
+        "--out-dir",
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.units.split(",") if n] or sorted(UNITS)
     unknown = [n for n in names if n not in UNITS]
@@ -211,8 +266,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         lengths, batch, width, repeats = [32, 128], 2, 16, 2
     run(
-        names, lengths, batch, width, repeats, args.max_recurrent_len, args.slow_seconds,
-        args.out_dir, args.single_rep_len, "units_quick" if args.quick else "units",
+        names,
+        lengths,
+        batch,
+        width,
+        repeats,
+        args.max_recurrent_len,
+        args.slow_seconds,
+        args.out_dir,
+        args.single_rep_len,
+        "units_quick" if args.quick else "units",
     )
 
 

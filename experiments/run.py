@@ -35,9 +35,22 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-RUN_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "time_limit",
-            "epsilon_schedule", "write_penalty", "min_lr_ratio", "eval_samples",
-            "eval_batch_size", "log_every", "betas")
+RUN_KEYS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "grad_clip",
+    "time_limit",
+    "epsilon_schedule",
+    "write_penalty",
+    "min_lr_ratio",
+    "eval_samples",
+    "eval_batch_size",
+    "log_every",
+    "betas",
+)
 
 
 class ExperimentError(Exception):
@@ -86,7 +99,7 @@ def sweep_values(cfg: dict[str, Any]) -> tuple[str | None, list[Any]]:
         raise ExperimentError(f"{cfg['name']}: `sweep` takes one task argument, got {list(sweep)}")
     if not sweep:
         return None, [None]
-    (key, values), = sweep.items()
+    ((key, values),) = sweep.items()
     return key, list(values)
 
 
@@ -115,8 +128,9 @@ def check_names(cfg: dict[str, Any]) -> None:
     models = list_models()
     for label, spec in cfg["models"].items():
         if spec.get("model") not in models:
-            raise ExperimentError(f"{cfg['name']}: model {label!r} names unknown "
-                                  f"{spec.get('model')!r}")
+            raise ExperimentError(
+                f"{cfg['name']}: model {label!r} names unknown {spec.get('model')!r}"
+            )
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -156,13 +170,21 @@ def spike_rates(model: torch.nn.Module) -> dict[str, float]:
     rates = {k: v for k, v in stats.items() if k.endswith("/firing_rate")}
     if not rates:
         return {}
-    return {"firing_rate": statistics.fmean(rates.values()),
-            **{k.replace("/", "_"): v for k, v in rates.items()}}
+    return {
+        "firing_rate": statistics.fmean(rates.values()),
+        **{k.replace("/", "_"): v for k, v in rates.items()},
+    }
 
 
 def run_one(
-    cfg: dict[str, Any], label: str, sweep_key: str | None, sweep_value: Any, seed: int,
-    run_dir: Path, device: str, data_dir: str | None,
+    cfg: dict[str, Any],
+    label: str,
+    sweep_key: str | None,
+    sweep_value: Any,
+    seed: int,
+    run_dir: Path,
+    device: str,
+    data_dir: str | None,
 ) -> list[dict[str, Any]]:
     from memrnn.train import build_task, evaluate, resolve_config, train
 
@@ -177,13 +199,24 @@ def run_one(
     train_keys = merge(cfg.get("train") or {}, spec.get("train") or {})
     unknown = sorted(set(train_keys) - set(RUN_KEYS))
     if unknown:
-        raise ExperimentError(f"{cfg['name']}: unknown train key(s) {unknown}; "
-                              f"expected some of {RUN_KEYS}")
-    config = resolve_config(overrides={
-        **train_keys, "model": spec["model"], "task": cfg["task"], "out": str(run_dir),
-        "seed": seed, "device": device, "progress": False, "tensorboard": False,
-        "model_overrides": overrides, "task_kwargs": task_kwargs,
-    }, overrides_are_text=False)
+        raise ExperimentError(
+            f"{cfg['name']}: unknown train key(s) {unknown}; expected some of {RUN_KEYS}"
+        )
+    config = resolve_config(
+        overrides={
+            **train_keys,
+            "model": spec["model"],
+            "task": cfg["task"],
+            "out": str(run_dir),
+            "seed": seed,
+            "device": device,
+            "progress": False,
+            "tensorboard": False,
+            "model_overrides": overrides,
+            "task_kwargs": task_kwargs,
+        },
+        overrides_are_text=False,
+    )
     started = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - started
@@ -192,19 +225,35 @@ def run_one(
     for ev in evaluations(cfg):
         eval_started = time.perf_counter()
         loss, metrics = evaluate(
-            model, task, ev["split"], samples=int(ev.get("samples", 512)),
-            batch_size=int(ev.get("batch_size", 128)), seq_len=ev.get("seq_len"),
+            model,
+            task,
+            ev["split"],
+            samples=int(ev.get("samples", 512)),
+            batch_size=int(ev.get("batch_size", 128)),
+            seq_len=ev.get("seq_len"),
             device=device,
         )
-        rows.append({
-            "experiment": cfg["name"], "model": label, "model_name": spec["model"],
-            "sweep": sweep_key or "", "value": "" if sweep_value is None else sweep_value,
-            "seed": seed, "eval": ev["name"], "eval_seq_len": ev.get("seq_len") or "",
-            "params": count_params(model), "d_model": overrides.get("d_model", ""),
-            "steps": result.step, "train_s": round(result.train_time, 2),
-            "wall_s": round(wall, 2), "eval_s": round(time.perf_counter() - eval_started, 2),
-            "loss": loss, **metrics, **spike_rates(model),
-        })
+        rows.append(
+            {
+                "experiment": cfg["name"],
+                "model": label,
+                "model_name": spec["model"],
+                "sweep": sweep_key or "",
+                "value": "" if sweep_value is None else sweep_value,
+                "seed": seed,
+                "eval": ev["name"],
+                "eval_seq_len": ev.get("seq_len") or "",
+                "params": count_params(model),
+                "d_model": overrides.get("d_model", ""),
+                "steps": result.step,
+                "train_s": round(result.train_time, 2),
+                "wall_s": round(wall, 2),
+                "eval_s": round(time.perf_counter() - eval_started, 2),
+                "loss": loss,
+                **metrics,
+                **spike_rates(model),
+            }
+        )
     return rows
 
 
@@ -227,8 +276,11 @@ def summary_table(cfg: dict[str, Any], rows: list[dict[str, Any]], metrics: list
     for value in values:
         for ev in evals:
             for metric in metrics:
-                parts = [f"{sweep_key}={value}" if sweep_key else "", ev if len(evals) > 1 else "",
-                         metric]
+                parts = [
+                    f"{sweep_key}={value}" if sweep_key else "",
+                    ev if len(evals) > 1 else "",
+                    metric,
+                ]
                 columns.append((value, ev, metric, " ".join(p for p in parts if p)))
     paper = cfg.get("paper") or {}
     head = ["model", "params", *(c[3] for c in columns)] + (["paper"] if paper else [])
@@ -239,8 +291,11 @@ def summary_table(cfg: dict[str, Any], rows: list[dict[str, Any]], metrics: list
             continue
         cells = [label, str(mine[0]["params"])]
         for value, ev, metric, _ in columns:
-            sel = [r.get(metric) for r in mine
-                   if r["eval"] == ev and (value is None or str(r["value"]) == str(value))]
+            sel = [
+                r.get(metric)
+                for r in mine
+                if r["eval"] == ev and (value is None or str(r["value"]) == str(value))
+            ]
             cells.append(_fmt(sel, scale))
         if paper:
             cells.append(str(paper.get(label, "")))
@@ -278,8 +333,13 @@ def plot(
             for label in labels:
                 means, stds = [], []
                 for value, ev in keys:
-                    sel = [r.get(metric) for r in rows if r["model"] == label and r["eval"] == ev
-                           and (value is None or str(r["value"]) == str(value))]
+                    sel = [
+                        r.get(metric)
+                        for r in rows
+                        if r["model"] == label
+                        and r["eval"] == ev
+                        and (value is None or str(r["value"]) == str(value))
+                    ]
                     sel = [s * scale for s in sel if s is not None and not math.isnan(s)]
                     means.append(statistics.fmean(sel) if sel else float("nan"))
                     stds.append(statistics.stdev(sel) if len(sel) > 1 else 0.0)
@@ -304,7 +364,10 @@ def plot(
 
 
 def write_outputs(
-    cfg: dict[str, Any], rows: list[dict[str, Any]], out: Path, meta: dict[str, Any],
+    cfg: dict[str, Any],
+    rows: list[dict[str, Any]],
+    out: Path,
+    meta: dict[str, Any],
     metrics: list[str],
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -331,8 +394,12 @@ def write_outputs(
     ]
     if meta.get("note"):
         lines.append(f"- note: {meta['note']}")
-    lines += ["", f"Values: mean ± std over seeds of {', '.join(metrics)}"
-              + (f" (×{cfg['scale']:g})" if cfg.get("scale", 1) != 1 else "") + "."]
+    lines += [
+        "",
+        f"Values: mean ± std over seeds of {', '.join(metrics)}"
+        + (f" (×{cfg['scale']:g})" if cfg.get("scale", 1) != 1 else "")
+        + ".",
+    ]
     if cfg.get("paper"):
         lines.append(f"The paper column is quoted, not measured here: {cfg.get('paper_note', '')}")
     lines += ["", summary_table(cfg, rows, metrics) if rows else "(no runs)", ""]
@@ -364,11 +431,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help="experiment name (see --list) or a YAML path")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--quick", action="store_true", help="the config's short-run version")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="seeds (default: the config's; --quick: its first)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds (default: the config's; --quick: its first)",
+    )
     parser.add_argument("--models", default="", help="comma-separated model labels (default all)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default experiments/results/<name>[-quick])")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default experiments/results/<name>[-quick])",
+    )
     parser.add_argument("--data-dir", default=None, help="folder of the dataset files")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     args = parser.parse_args(argv)
@@ -390,15 +466,18 @@ def main(argv: list[str] | None = None) -> int:
         labels = [m for m in args.models.split(",") if m] or list(cfg["models"])
         unknown = [m for m in labels if m not in cfg["models"]]
         if unknown:
-            raise ExperimentError(f"unknown model label(s) {unknown}; config has "
-                                  f"{list(cfg['models'])}")
+            raise ExperimentError(
+                f"unknown model label(s) {unknown}; config has {list(cfg['models'])}"
+            )
         cfg["models"] = {m: cfg["models"][m] for m in labels}
         seeds = args.seeds or (cfg["seeds"][:1] if args.quick else cfg["seeds"])
         out = args.out or RESULTS_DIR / (cfg["name"] + ("-quick" if args.quick else ""))
         command = "python -m experiments.run " + " ".join(sys.argv[1:] if argv is None else argv)
         if cfg.get("data_dir_arg") and not (args.data_dir and Path(args.data_dir).is_dir()):
-            message = (f"{cfg['name']}: needs its dataset files: pass --data-dir FOLDER "
-                       f"({(cfg.get('data_note') or '').strip()})")
+            message = (
+                f"{cfg['name']}: needs its dataset files: pass --data-dir FOLDER "
+                f"({(cfg.get('data_note') or '').strip()})"
+            )
             if args.data_dir:
                 message += f"; {args.data_dir!r} is not a folder"
             print(f"skipped: {message}", file=sys.stderr)
@@ -412,23 +491,34 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in seeds:
                     tag = "all" if value is None else f"{sweep_key}{value}"
                     run_dir = out / "runs" / tag / label / f"seed{seed}"
-                    new = run_one(cfg, label, sweep_key, value, seed, run_dir, args.device,
-                                  args.data_dir)
+                    new = run_one(
+                        cfg, label, sweep_key, value, seed, run_dir, args.device, args.data_dir
+                    )
                     rows += new
                     if metrics is None:
                         from memrnn.tasks.registry import get_task_class
 
                         metrics = report_metrics(cfg, get_task_class(cfg["task"]))
-                    shown = ", ".join(f"{r['eval']} {m}={r.get(m, float('nan')):.4g}"
-                                      for r in new for m in metrics)
-                    print(f"[{time.perf_counter() - started:7.0f} s] {label} {tag} seed {seed}: "
-                          f"{shown} ({new[0]['params']} params, {new[0]['train_s']:.0f} s)",
-                          flush=True)
+                    shown = ", ".join(
+                        f"{r['eval']} {m}={r.get(m, float('nan')):.4g}"
+                        for r in new
+                        for m in metrics
+                    )
+                    print(
+                        f"[{time.perf_counter() - started:7.0f} s] {label} {tag} seed {seed}: "
+                        f"{shown} ({new[0]['params']} params, {new[0]['train_s']:.0f} s)",
+                        flush=True,
+                    )
         meta = {
-            "quick": args.quick, "command": command, "machine": machine(),
-            "torch": torch.__version__, "commit": git_commit(), "seeds": seeds,
+            "quick": args.quick,
+            "command": command,
+            "machine": machine(),
+            "torch": torch.__version__,
+            "commit": git_commit(),
+            "seeds": seeds,
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-            "wall_s": time.perf_counter() - started, "note": cfg.get("note"),
+            "wall_s": time.perf_counter() - started,
+            "note": cfg.get("note"),
         }
         write_outputs(cfg, rows, out, meta, metrics or [])
         print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")

@@ -41,22 +41,31 @@ class FlipFlopEcho(FlipFlop):
     higher_is_better: ClassVar[bool] = False
 
     def __init__(
-        self, train_len: int = 100, test_len: int = 1000, p_write: float = 0.05, seed: int = 0,
-        eval_samples: int = 1024, delay: int = 10,
+        self,
+        train_len: int = 100,
+        test_len: int = 1000,
+        p_write: float = 0.05,
+        seed: int = 0,
+        eval_samples: int = 1024,
+        delay: int = 10,
     ) -> None:
         super().__init__(train_len, test_len, p_write, seed, eval_samples)
         self.delay = check_int("delay", delay)
         self.input_size, self.output_size = 3, 2
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         latch = super()._generate(batch_size, split, generator, seq_len)
         B, T = latch.y.shape
         u = torch.randn(B, T, generator=generator)
         echo = torch.zeros(B, T)
         if T > self.delay:
-            echo[:, self.delay:] = u[:, : T - self.delay]
+            echo[:, self.delay :] = u[:, : T - self.delay]
         x = torch.cat([latch.x, u.unsqueeze(-1)], dim=-1)
         y = torch.stack([2.0 * latch.y.float() - 1.0, echo], dim=-1)
         return Batch(x, y)

@@ -18,11 +18,28 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_units_writes_csv_json_and_plot(tmp_path: Path) -> None:
-    units.main(["--units", "bmru,gru", "--lengths", "16,32", "--batch", "1", "--width", "4",
-                "--repeats", "1", "--out-dir", str(tmp_path)])
+    units.main(
+        [
+            "--units",
+            "bmru,gru",
+            "--lengths",
+            "16,32",
+            "--batch",
+            "1",
+            "--width",
+            "4",
+            "--repeats",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     rows = _rows(tmp_path / "units.csv")
     assert {(r["unit"], r["T"]) for r in rows} == {
-        ("bmru", "16"), ("bmru", "32"), ("gru", "16"), ("gru", "32")
+        ("bmru", "16"),
+        ("bmru", "32"),
+        ("gru", "16"),
+        ("gru", "32"),
     }
     bmru = next(r for r in rows if r["unit"] == "bmru")
     assert bmru["check"] == "ok" and float(bmru["speedup"]) > 0
@@ -36,8 +53,9 @@ def test_units_writes_csv_json_and_plot(tmp_path: Path) -> None:
 def test_units_refuses_speedup_when_modes_disagree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(units, "_equivalent", lambda name, width: (False, "parallel and "
-                                                                      "recurrent disagree"))
+    monkeypatch.setattr(
+        units, "_equivalent", lambda name, width: (False, "parallel and recurrent disagree")
+    )
     rows = units.run(["bmru"], [16], 2, 8, 1, 16, 2.0, tmp_path, result_name="u")
     assert rows[0]["parallel_s"] and rows[0]["recurrent_s"]
     assert rows[0]["speedup"] is None and rows[0]["gru_over_unit"] is None
@@ -52,8 +70,22 @@ def test_units_caps_recurrent_length(tmp_path: Path) -> None:
 
 
 def test_inference_reports_latency_per_position(tmp_path: Path) -> None:
-    inference.main(["--units", "bmru,lstm", "--batches", "1,2", "--width", "8",
-                    "--positions", "0,30", "--window", "5", "--out-dir", str(tmp_path)])
+    inference.main(
+        [
+            "--units",
+            "bmru,lstm",
+            "--batches",
+            "1,2",
+            "--width",
+            "8",
+            "--positions",
+            "0,30",
+            "--window",
+            "5",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     rows = _rows(tmp_path / "inference.csv")
     assert len(rows) == 2 * 2 * 2
     assert all(float(r["us_per_step"]) > 0 and float(r["late_over_early"]) > 0 for r in rows)
@@ -61,8 +93,22 @@ def test_inference_reports_latency_per_position(tmp_path: Path) -> None:
 
 
 def test_memory_measures_in_a_subprocess(tmp_path: Path) -> None:
-    memory.main(["--units", "bmru", "--lengths", "64", "--batch", "1", "--width", "8",
-                 "--device", "cpu", "--out-dir", str(tmp_path)])
+    memory.main(
+        [
+            "--units",
+            "bmru",
+            "--lengths",
+            "64",
+            "--batch",
+            "1",
+            "--width",
+            "8",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     (row,) = _rows(tmp_path / "memory.csv")
     assert row["unit"] == "bmru" and row["mode"] == "parallel" and not row.get("error")
     assert float(row["peak_mb"]) >= float(row["baseline_mb"]) > 0
@@ -77,8 +123,26 @@ def test_memory_skips_long_python_loop_recurrence(tmp_path: Path) -> None:
 def test_dispatcher_runs_a_benchmark_and_rejects_unknown_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench_main(["inference", "--units", "mingru", "--batches", "1", "--width", "4",
-                       "--positions", "0,10", "--window", "3", "--out", str(tmp_path)]) == 0
+    assert (
+        bench_main(
+            [
+                "inference",
+                "--units",
+                "mingru",
+                "--batches",
+                "1",
+                "--width",
+                "4",
+                "--positions",
+                "0,10",
+                "--window",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "inference.csv").is_file()
     assert bench_main(["nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err

@@ -151,8 +151,20 @@ def _text_run(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat; the dog ran to the log. " * 40)
     run = tmp_path / "text"
-    args = ["train", "--model", "gru-small", "--task", "text", "--task.path", str(corpus),
-            "--steps", "3", "--out", str(run), *TINY]
+    args = [
+        "train",
+        "--model",
+        "gru-small",
+        "--task",
+        "text",
+        "--task.path",
+        str(corpus),
+        "--steps",
+        "3",
+        "--out",
+        str(run),
+        *TINY,
+    ]
     assert main(args) == 0
     return run
 
@@ -195,8 +207,14 @@ def test_stream_prints_one_output_per_stdin_line(tmp_path):
     assert _train(run) == 0
     lines = "1 1\n0, 0\n\n# a comment\n0 0\n1 -1\n0 0\n"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "memrnn", "stream", "--checkpoint", str(run)],
-                          input=lines, capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "memrnn", "stream", "--checkpoint", str(run)],
+        input=lines,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     got = torch.tensor([[float(v) for v in row.split()] for row in proc.stdout.splitlines()])
     # flip-flop has a per-step head: the streamed outputs are the parallel forward's.
@@ -206,9 +224,14 @@ def test_stream_prints_one_output_per_stdin_line(tmp_path):
     assert got.shape == (5, 2)
     torch.testing.assert_close(got, expected[0], rtol=1e-4, atol=1e-5)
 
-    proc = subprocess.run([sys.executable, "-m", "memrnn", "stream", "--checkpoint", str(run),
-                           "--argmax"], input="1 1\n1 2 3\n", capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "memrnn", "stream", "--checkpoint", str(run), "--argmax"],
+        input="1 1\n1 2 3\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout.strip() in ("0", "1")
     assert proc.stderr.strip() == (
         "memrnn: error: stdin line 2: got 3 value(s); the model takes 2 per step"
@@ -223,8 +246,9 @@ def test_export_writes_a_program_that_steps_like_the_model(tmp_path, capsys):
     assert _train(run) == 0
     onnx = importlib.util.find_spec("onnx") is not None
     extra = ["--onnx", str(tmp_path / "step.onnx")] if onnx else []
-    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "step.pt2"),
-                 *extra]) == 0
+    assert (
+        main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "step.pt2"), *extra]) == 0
+    )
     assert "step.pt2" in capsys.readouterr().out
     program = torch.export.load(str(tmp_path / "step.pt2"))
     model, _ = load_model(run)

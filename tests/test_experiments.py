@@ -27,8 +27,15 @@ def test_config_parses_and_names_registered_models_and_tasks(name: str) -> None:
 
 def test_all_experiments_of_the_brief_have_configs() -> None:
     assert set(run.list_experiments()) >= {
-        "copy-first-input", "denoising", "flip-flop-horizon", "mackey-glass", "psmnist",
-        "mnist1d", "digits", "src-depth", "hybrid-memory",
+        "copy-first-input",
+        "denoising",
+        "flip-flop-horizon",
+        "mackey-glass",
+        "psmnist",
+        "mnist1d",
+        "digits",
+        "src-depth",
+        "hybrid-memory",
     }
 
 

@@ -22,8 +22,11 @@ def _unit(name: str) -> torch.nn.Module:
     return build_unit(name, 3, 5).eval()
 
 
-def _assert_same(got: list[torch.Tensor] | tuple[torch.Tensor, ...],
-                 expected: tuple[torch.Tensor, ...], tol: float) -> None:
+def _assert_same(
+    got: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    expected: tuple[torch.Tensor, ...],
+    tol: float,
+) -> None:
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         assert g.shape == e.shape
@@ -48,9 +51,10 @@ def _steps_agree(run, step: StepModule, batch: int, n: int, tol: float) -> None:
 EXPORT_FAST = ("bmru", "gru", "lru", "mingru", "plmu")
 
 
-@pytest.mark.parametrize("name", [
-    n if n in EXPORT_FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(UNITS)
-])
+@pytest.mark.parametrize(
+    "name",
+    [n if n in EXPORT_FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(UNITS)],
+)
 def test_exported_unit_step_equals_eager(name: str) -> None:
     unit = _unit(name)
     program = export_step(unit, batch_size=2)
@@ -68,8 +72,14 @@ def test_exported_network_step_equals_eager(name: str) -> None:
 
 def test_exported_token_network_step() -> None:
     torch.manual_seed(0)
-    model = create_model("mingru-small", input_size=7, output_size=7, input_kind="tokens",
-                         head="next-token", d_model=8).eval()
+    model = create_model(
+        "mingru-small",
+        input_size=7,
+        output_size=7,
+        input_kind="tokens",
+        head="next-token",
+        d_model=8,
+    ).eval()
     step = StepModule(model)
     program = export_step(model, batch_size=2)
     args = example_inputs(step, 5)
@@ -106,9 +116,10 @@ ONNX_FAST = ("bmru",)
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="onnx is not installed")
-@pytest.mark.parametrize("name", [
-    n if n in ONNX_FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(UNITS)
-])
+@pytest.mark.parametrize(
+    "name",
+    [n if n in ONNX_FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(UNITS)],
+)
 def test_onnx_unit_step_equals_eager(name: str, tmp_path) -> None:
     if name in COMPLEX_UNITS:
         pytest.xfail(f"{name}: {COMPLEX_UNITS[name]}; ONNX has no complex tensors")

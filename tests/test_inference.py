@@ -22,13 +22,24 @@ def _real_model(name: str, head: str = "sequence", input_size: int = 3) -> torch
 
 def _token_model(name: str = "bmru-small") -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model(name, input_size=VOCAB, output_size=VOCAB, input_kind="tokens",
-                         head="next-token", d_model=8)
+    model = create_model(
+        name, input_size=VOCAB, output_size=VOCAB, input_kind="tokens", head="next-token", d_model=8
+    )
     return model.double().eval()
 
 
-@pytest.mark.parametrize("name", ["bmru-small", "cmru-small", "lru-small", "mingru-small",
-                                  "plmu-small", "hybrid-small", "gru-small"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bmru-small",
+        "cmru-small",
+        "lru-small",
+        "mingru-small",
+        "plmu-small",
+        "hybrid-small",
+        "gru-small",
+    ],
+)
 @pytest.mark.parametrize("split", [1, 6])
 def test_prefill_then_stream_equals_full_forward(name: str, split: int) -> None:
     model = _real_model(name)
@@ -59,8 +70,11 @@ def test_state_size_is_constant(name: str) -> None:
     _, state = prefill(model, torch.randn(1, 3, 3, dtype=torch.float64))
     shapes = [tuple(t.shape) for t in tree_leaves(state)]
     for _, carried in itertools.islice(
-        stream(model, itertools.repeat(torch.randn(3, dtype=torch.float64)), state,
-               return_state=True), 200):
+        stream(
+            model, itertools.repeat(torch.randn(3, dtype=torch.float64)), state, return_state=True
+        ),
+        200,
+    ):
         assert [tuple(t.shape) for t in tree_leaves(carried)] == shapes
     # Prompts of different lengths give states of the same size.
     _, long_state = prefill(model, torch.randn(1, 300, 3, dtype=torch.float64))
@@ -131,8 +145,14 @@ def test_generate_errors() -> None:
     with pytest.raises(ValueError, match="with T >= 1"):
         generate(model, torch.zeros(1, 0, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="next-token head"):
-        last_head = create_model("bmru-small", input_size=VOCAB, output_size=VOCAB,
-                                 input_kind="tokens", head="last", d_model=8)
+        last_head = create_model(
+            "bmru-small",
+            input_size=VOCAB,
+            output_size=VOCAB,
+            input_kind="tokens",
+            head="last",
+            d_model=8,
+        )
         generate(last_head, prompt, 2)
     with pytest.raises(TypeError, match="torch.Tensor"):
         prefill(model, [[1, 2]])  # type: ignore[arg-type]

@@ -25,8 +25,9 @@ from memrnn.scan import linear_scan
 from memrnn.scan.reference import reference_scan
 from memrnn.units import UNITS
 
-SETTINGS = settings(max_examples=25, deadline=5000, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=25, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 CLEAR_ERRORS = (ValueError, TypeError)
 FLOATS = (torch.float32, torch.float64)
 ANY_DTYPES = (torch.float32, torch.float64, torch.int64, torch.complex64, torch.bool)
@@ -85,22 +86,30 @@ def test_linear_scan_result_or_clear_error(args: tuple) -> None:
     # The plain loop on the broadcast decays is the ground truth.
     a_full = a.expand(b.shape).reshape(b.shape[0], b.shape[1], -1)
     h0_2 = torch.zeros_like(b[:, 0]) if h0 is None else h0
-    expected = reference_scan(a_full, b.reshape(b.shape[0], b.shape[1], -1),
-                              h0_2.reshape(b.shape[0], -1))
+    expected = reference_scan(
+        a_full, b.reshape(b.shape[0], b.shape[1], -1), h0_2.reshape(b.shape[0], -1)
+    )
     tol = 1e-4 if dtype in (torch.float32, torch.complex64) else 1e-10
     assert torch.allclose(h.reshape(expected.shape), expected, atol=tol, rtol=tol)
 
 
 @SETTINGS
-@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 3), st.data(),
-       st.sampled_from(["auto", "reference", "tree"]), st.sampled_from(FLOATS))
-def test_linear_scan_propagates_nan(B: int, T: int, N: int, data: st.DataObject, backend: str,
-                                    dtype: torch.dtype) -> None:
+@given(
+    st.integers(1, 3),
+    st.integers(1, 12),
+    st.integers(1, 3),
+    st.data(),
+    st.sampled_from(["auto", "reference", "tree"]),
+    st.sampled_from(FLOATS),
+)
+def test_linear_scan_propagates_nan(
+    B: int, T: int, N: int, data: st.DataObject, backend: str, dtype: torch.dtype
+) -> None:
     t = data.draw(st.integers(0, T - 1))
     a = _tensor((B, T, N), dtype, T)
     if data.draw(st.booleans()):
         # Zero decays after the NaN: 0 * NaN is still NaN.
-        a[:, t + 1:] = 0
+        a[:, t + 1 :] = 0
     b = _tensor((B, T, N), dtype, T + 1)
     b[0, t, 0] = float("nan")
     h, _ = linear_scan(a, b, backend=backend)
@@ -114,8 +123,9 @@ def unit_inputs(draw: st.DrawFn) -> tuple:
     B, T = draw(st.integers(1, 3)), draw(st.integers(0, 7))
     D = 3
     shape_kind = draw(st.sampled_from(["ok", "ok", "ok", "wrong_features", "2d", "4d"]))
-    shape = {"ok": (B, T, D), "wrong_features": (B, T, D + 1), "2d": (B, D),
-             "4d": (B, T, D, 1)}[shape_kind]
+    shape = {"ok": (B, T, D), "wrong_features": (B, T, D + 1), "2d": (B, D), "4d": (B, T, D, 1)}[
+        shape_kind
+    ]
     dtype = draw(st.sampled_from(FLOATS + (torch.int64,)))
     # Parameters in the input's float dtype (mismatches are tested separately below).
     param_dtype = dtype if dtype.is_floating_point else draw(st.sampled_from(FLOATS))
@@ -144,8 +154,9 @@ def test_unit_forward_and_step_result_or_clear_error(name: str, args: tuple) -> 
     assert y.shape == (shape[0], shape[1], unit.output_size), (name, tuple(y.shape))
     assert _finite((y, new_state))
     assert type(new_state) is type(unit.init_state(1, device="meta"))
-    for got, ref in zip(tree_leaves(new_state), tree_leaves(unit.init_state(shape[0])),
-                        strict=True):
+    for got, ref in zip(
+        tree_leaves(new_state), tree_leaves(unit.init_state(shape[0])), strict=True
+    ):
         assert got.shape == ref.shape
     y_t, _ = unit.step(x[:, 0], new_state)
     assert y_t.shape == (shape[0], unit.output_size)
@@ -173,15 +184,28 @@ def test_unit_nan_input_gives_nan_not_an_error(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["bmru-small", "lru-small", "plmu-small"])
-@settings(max_examples=10, deadline=5000, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(B=st.integers(1, 3), T=st.integers(0, 6), head=st.sampled_from(["last", "mean", "sequence"]),
-       tokens=st.booleans(), dtype=st.sampled_from((torch.float32, torch.int64)))
-def test_create_model_result_or_clear_error(name: str, B: int, T: int, head: str, tokens: bool,
-                                            dtype: torch.dtype) -> None:
+@settings(
+    max_examples=10, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    B=st.integers(1, 3),
+    T=st.integers(0, 6),
+    head=st.sampled_from(["last", "mean", "sequence"]),
+    tokens=st.booleans(),
+    dtype=st.sampled_from((torch.float32, torch.int64)),
+)
+def test_create_model_result_or_clear_error(
+    name: str, B: int, T: int, head: str, tokens: bool, dtype: torch.dtype
+) -> None:
     torch.manual_seed(0)
-    model = create_model(name, input_size=5, output_size=2, head=head, d_model=8,
-                         input_kind="tokens" if tokens else "real")
+    model = create_model(
+        name,
+        input_size=5,
+        output_size=2,
+        head=head,
+        d_model=8,
+        input_kind="tokens" if tokens else "real",
+    )
     x = torch.randint(5, (B, T)) if tokens else torch.randn(B, T, 5)
     x = x.to(dtype)
     try:

@@ -29,8 +29,19 @@ from memrnn.train.checkpoint import load_training
 # The torch GRU needs no kernel compilation, so a fresh process trains within a second.
 MODEL = "gru-small"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-TINY = ["--seq-len", "12", "--eval-samples", "16", "--warmup", "2", "--model.d_model", "8",
-        "--no-progress", "--tensorboard", "false"]
+TINY = [
+    "--seq-len",
+    "12",
+    "--eval-samples",
+    "16",
+    "--warmup",
+    "2",
+    "--model.d_model",
+    "8",
+    "--no-progress",
+    "--tensorboard",
+    "false",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,13 +81,45 @@ def _train_rows(run: Path) -> list[tuple[int, float]]:
 # -- data parallel -----------------------------------------------------------------------------
 def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     """2 gloo processes x 4 samples == 1 process x 8 samples in 2 micro-batches of 4."""
-    args = ["train", "--model", MODEL, "--task", "flip-flop", "--steps", "6", "--batch-size", "8",
-            "--log-every", "1", "--eval-every", "3", "--dtype", "float64", *TINY]
+    args = [
+        "train",
+        "--model",
+        MODEL,
+        "--task",
+        "flip-flop",
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "3",
+        "--dtype",
+        "float64",
+        *TINY,
+    ]
     two = tmp_path / "two"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(_free_port()), "-m", "memrnn", *args, "--out", str(two)],
-        env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "memrnn",
+            *args,
+            "--out",
+            str(two),
+        ],
+        env=ENV,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     # The 1-process run goes in this process while the two workers start up.
     one = tmp_path / "one"
@@ -96,10 +139,27 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     # Resume under torchrun: the 2-process run continues to step 8 like the 1-process one.
     more = ["--steps", "8"]
     launcher = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(_free_port()), "-m", "memrnn", "train", "--out", str(two),
-         "--resume", *more],
-        env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "memrnn",
+            "train",
+            "--out",
+            str(two),
+            "--resume",
+            *more,
+        ],
+        env=ENV,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert launcher.returncode == 0, launcher.stdout[-2000:] + launcher.stderr[-2000:]
     assert main(["train", "--out", str(one), "--resume", *more]) == 0
@@ -114,8 +174,9 @@ def test_batch_that_does_not_split_is_a_usage_error() -> None:
 
 
 def test_bf16_on_cpu_is_refused(tmp_path: Path) -> None:
-    config = resolve_config(overrides={"model": MODEL, "precision": "bf16", "device": "cpu",
-                                       "out": str(tmp_path)})
+    config = resolve_config(
+        overrides={"model": MODEL, "precision": "bf16", "device": "cpu", "out": str(tmp_path)}
+    )
     with pytest.raises(UsageError, match="bf16 needs a CUDA device"):
         train(config)
     with pytest.raises(UsageError, match="'precision' must be one of fp32, bf16"):
@@ -128,10 +189,21 @@ def test_bf16_on_cpu_is_refused(tmp_path: Path) -> None:
 def test_bf16_on_cuda_keeps_recurrences_in_float32(tmp_path: Path) -> None:
     from memrnn.units.base import RecurrentUnit
 
-    config = resolve_config(overrides={
-        "model": "bmru-small", "task": "flip-flop", "seq_len": "64", "steps": "20",
-        "batch_size": "16", "precision": "bf16", "device": "cuda", "out": str(tmp_path),
-        "progress": "false", "tensorboard": "false", "eval_samples": "32"})
+    config = resolve_config(
+        overrides={
+            "model": "bmru-small",
+            "task": "flip-flop",
+            "seq_len": "64",
+            "steps": "20",
+            "batch_size": "16",
+            "precision": "bf16",
+            "device": "cuda",
+            "out": str(tmp_path),
+            "progress": "false",
+            "tensorboard": "false",
+            "eval_samples": "32",
+        }
+    )
     result = train(config)
     losses = [loss for _, loss in _train_rows(tmp_path)]
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -154,14 +226,42 @@ def _checkpoint_step(run: Path) -> int:
 
 def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     steps = 150
-    args = ["train", "--model", MODEL, "--task", "flip-flop", "--steps", str(steps),
-            "--batch-size", "8", "--log-every", "5", "--ckpt-every", "1", "--eval-every", "50",
-            *TINY, "--seq-len", "40", "--model.dropout", "0.1"]
-    full = subprocess.Popen(_memrnn(*args, "--out", str(tmp_path / "full")), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "train",
+        "--model",
+        MODEL,
+        "--task",
+        "flip-flop",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--log-every",
+        "5",
+        "--ckpt-every",
+        "1",
+        "--eval-every",
+        "50",
+        *TINY,
+        "--seq-len",
+        "40",
+        "--model.dropout",
+        "0.1",
+    ]
+    full = subprocess.Popen(
+        _memrnn(*args, "--out", str(tmp_path / "full")),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     cut = tmp_path / "cut"
-    victim = subprocess.Popen(_memrnn(*args, "--out", str(cut)), env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        _memrnn(*args, "--out", str(cut)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while _checkpoint_step(cut) < 10 and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -170,8 +270,13 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     killed_at = _checkpoint_step(cut)
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert 10 <= killed_at < steps
-    resumed = subprocess.run(_memrnn("train", "--out", str(cut), "--resume"), env=ENV,
-                             capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(
+        _memrnn("train", "--out", str(cut), "--resume"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"step {steps}:" in resumed.stdout
     _, err = full.communicate(timeout=240)
@@ -182,8 +287,23 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
 
 # -- damaged checkpoints -----------------------------------------------------------------------
 def _run(out: Path, *extra: str) -> int:
-    return main(["train", "--model", MODEL, "--task", "flip-flop", "--batch-size", "4",
-                 "--log-every", "1", "--out", str(out), *TINY, *extra])
+    return main(
+        [
+            "train",
+            "--model",
+            MODEL,
+            "--task",
+            "flip-flop",
+            "--batch-size",
+            "4",
+            "--log-every",
+            "1",
+            "--out",
+            str(out),
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 def test_damaged_last_checkpoint_is_detected_and_resume_falls_back_to_prev(tmp_path, capsys):
@@ -225,9 +345,30 @@ def test_altered_checkpoint_fails_its_checksum(tmp_path, capsys):
 # -- non-finite losses and gradients ----------------------------------------------------------
 def test_diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys):
     # An absurd learning rate: the first step's update makes the second step's loss infinite.
-    code = main(["train", "--model", MODEL, "--task", "adding", "--steps", "20",
-                 "--batch-size", "8", "--eval-every", "1", "--lr", "1e30", "--warmup", "0",
-                 "--grad-clip", "0", "--out", str(tmp_path), *TINY])
+    code = main(
+        [
+            "train",
+            "--model",
+            MODEL,
+            "--task",
+            "adding",
+            "--steps",
+            "20",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "1",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--grad-clip",
+            "0",
+            "--out",
+            str(tmp_path),
+            *TINY,
+        ]
+    )
     assert code == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -242,8 +383,11 @@ def test_nonfinite_gradients_stop_the_run_or_are_skipped(tmp_path, capsys):
     assert _run(tmp_path / "stop", *base) == 3
     assert "the gradient norm is nan at step 3" in capsys.readouterr().err
     assert _run(tmp_path / "skip", *base, "--skip-nonfinite-grads") == 0
-    skipped = [(int(r["step"]), r["skipped"]) for r in read_metrics(tmp_path / "skip")
-               if r["split"] == "train"]
+    skipped = [
+        (int(r["step"]), r["skipped"])
+        for r in read_metrics(tmp_path / "skip")
+        if r["split"] == "train"
+    ]
     assert skipped == [(1, "0"), (2, "0"), (3, "1"), (4, "1"), (5, "1")]
     assert load_training(tmp_path / "skip" / "last")["skipped"] == 1
     assert all(torch.isfinite(w).all() for w in _weights(tmp_path / "skip").values())
@@ -254,8 +398,11 @@ def test_network_dtype_mismatch_names_both_dtypes() -> None:
     from memrnn.models import create_model
 
     model = create_model("bmru-small", input_size=3, output_size=2, d_model=8)
-    with pytest.raises(TypeError, match=r"`x` has dtype torch.float64 but the parameters are "
-                                        r"torch.float32"):
+    with pytest.raises(
+        TypeError,
+        match=r"`x` has dtype torch.float64 but the parameters are "
+        r"torch.float32",
+    ):
         model(torch.randn(2, 4, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"`x_t` has dtype torch.float64"):
         model.step(torch.randn(2, 3, dtype=torch.float64))

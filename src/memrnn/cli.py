@@ -163,20 +163,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     vocab = load_vocab(folder)
     if vocab is None:
-        raise UsageError(f"{folder} has no vocab.json, so the prompt cannot be encoded; "
-                         "train the model again with this version of `memrnn train`")
+        raise UsageError(
+            f"{folder} has no vocab.json, so the prompt cannot be encoded; "
+            "train the model again with this version of `memrnn train`"
+        )
     if not args.prompt:
         raise UsageError("--prompt must hold at least one character")
     index = {token: i for i, token in enumerate(vocab)}
     unknown = sorted({c for c in args.prompt if c not in index})
     if unknown:
-        raise UsageError(f"the prompt has characters outside the model's vocabulary: "
-                         f"{''.join(unknown)!r}")
+        raise UsageError(
+            f"the prompt has characters outside the model's vocabulary: {''.join(unknown)!r}"
+        )
     ids = torch.tensor([index[c] for c in args.prompt], dtype=torch.long)
     generator = torch.Generator().manual_seed(args.seed)
     try:
-        out = generate(model.eval(), ids, args.n, temperature=args.temperature,
-                       top_k=args.top_k, generator=generator)
+        out = generate(
+            model.eval(),
+            ids,
+            args.n,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            generator=generator,
+        )
     except (ValueError, TypeError) as err:
         raise UsageError(" ".join(str(err).split())) from None
     print("".join(vocab[i] for i in out.tolist()))
@@ -193,11 +202,14 @@ def _stdin_steps(size: int) -> Any:
         try:
             values = [float(p) for p in parts]
         except ValueError:
-            raise UsageError(f"stdin line {number}: {text!r} is not {size} number(s) separated "
-                             "by spaces or commas") from None
+            raise UsageError(
+                f"stdin line {number}: {text!r} is not {size} number(s) separated "
+                "by spaces or commas"
+            ) from None
         if len(values) != size:
-            raise UsageError(f"stdin line {number}: got {len(values)} value(s); the model "
-                             f"takes {size} per step")
+            raise UsageError(
+                f"stdin line {number}: got {len(values)} value(s); the model takes {size} per step"
+            )
         yield values
 
 
@@ -207,8 +219,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     model, folder, _, _ = _checkpoint_context(args.checkpoint)
     config = model.config
     if config.input_kind != "real":
-        raise UsageError(f"stream reads real-valued steps; {folder} holds a token model "
-                         "(use `memrnn generate`)")
+        raise UsageError(
+            f"stream reads real-valued steps; {folder} holds a token model (use `memrnn generate`)"
+        )
     try:
         for out_t in stream(model.eval(), _stdin_steps(config.input_size)):
             if args.argmax:
@@ -239,8 +252,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     program = export_step(model)
     torch.export.save(program, str(out))
     names = ", ".join(StepModule(model).state_names)
-    print(f"{out}: step of {folder} as torch.export program: (x_t, {names}) -> "
-          f"(y_t, new state); load with torch.export.load(path).module()")
+    print(
+        f"{out}: step of {folder} as torch.export program: (x_t, {names}) -> "
+        f"(y_t, new state); load with torch.export.load(path).module()"
+    )
     if args.onnx:
         onnx_path = Path(args.onnx)
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,9 +265,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(str(err)) from None
         except Exception as err:
             message = " ".join(str(err).split())[:300]
-            raise UsageError(f"ONNX export of {folder} failed ({type(err).__name__}: "
-                             f"{message}); units with a complex state (LRU) have no ONNX "
-                             "form, use the .pt2 program") from None
+            raise UsageError(
+                f"ONNX export of {folder} failed ({type(err).__name__}: "
+                f"{message}); units with a complex state (LRU) have no ONNX "
+                "form, use the .pt2 program"
+            ) from None
         print(f"{onnx_path}: the same step as ONNX (inputs x_t, {names})")
     return 0
 
@@ -336,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p = sub.add_parser("generate", help="sample text from a next-token model")
-    p.add_argument("--checkpoint", required=True, help="run folder (best, else last) or "
-                   "checkpoint folder of a text model")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run folder (best, else last) or checkpoint folder of a text model",
+    )
     p.add_argument("--prompt", required=True, help="text to start from")
     p.add_argument("--n", type=int, default=100, help="characters to add (default 100)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
@@ -345,8 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("stream", help="run a model step by step on values read from stdin")
     p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
-    p.add_argument("--argmax", action="store_true",
-                   help="print the index of the largest output (a class) instead of the values")
+    p.add_argument(
+        "--argmax",
+        action="store_true",
+        help="print the index of the largest output (a class) instead of the values",
+    )
     p = sub.add_parser("export", help="export the model's step function (torch.export, ONNX)")
     p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
     p.add_argument("--out", required=True, help="the .pt2 file to write")

@@ -67,15 +67,21 @@ class StepModule(nn.Module):
         super().__init__()
         for method in ("init_state", "step"):
             if not callable(getattr(model, method, None)):
-                raise TypeError(f"StepModule: `model` has no `{method}` method; expected a "
-                                f"RecurrentUnit or a network, got {type(model).__name__}")
+                raise TypeError(
+                    f"StepModule: `model` has no `{method}` method; expected a "
+                    f"RecurrentUnit or a network, got {type(model).__name__}"
+                )
         self.model = model
         leaves, self._spec = flatten_state(model.init_state(1, device="meta"))
         self._complex = [t.is_complex() for t in leaves]
         self.state_names = _leaf_names(model.init_state(1, device="meta"))
 
-    def initial_tensors(self, batch_size: int, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None) -> list[Tensor]:
+    def initial_tensors(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> list[Tensor]:
         """The model's initial state as the flat tensor list `forward` takes."""
         leaves, _ = flatten_state(self.model.init_state(batch_size, device=device, dtype=dtype))
         return [_to_boundary(t) for t in leaves]
@@ -88,10 +94,14 @@ class StepModule(nn.Module):
     def unpack(self, tensors: Sequence[Tensor]) -> Any:
         """The flat tensor list back as the model's state NamedTuple."""
         if len(tensors) != len(self._complex):
-            raise ValueError(f"StepModule: got {len(tensors)} state tensors; expected "
-                             f"{len(self._complex)} ({', '.join(self.state_names)})")
-        leaves = [torch.view_as_complex(t) if c else t
-                  for t, c in zip(tensors, self._complex, strict=True)]
+            raise ValueError(
+                f"StepModule: got {len(tensors)} state tensors; expected "
+                f"{len(self._complex)} ({', '.join(self.state_names)})"
+            )
+        leaves = [
+            torch.view_as_complex(t) if c else t
+            for t, c in zip(tensors, self._complex, strict=True)
+        ]
         return unflatten_state(leaves, self._spec)
 
     def forward(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
@@ -115,8 +125,9 @@ def _leaf_names(state: Any, prefix: str = "state") -> list[str]:
     return []
 
 
-def example_inputs(model: nn.Module, batch_size: int = 1,
-                   dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+def example_inputs(
+    model: nn.Module, batch_size: int = 1, dtype: torch.dtype | None = None
+) -> tuple[Tensor, ...]:
     """(x_t, *state_tensors) with the model's sizes: random x_t, the initial state."""
     step = model if isinstance(model, StepModule) else StepModule(model)
     inner = step.model
@@ -137,8 +148,9 @@ def _check_batch(batch_size: Any, caller: str) -> None:
         raise ValueError(f"{caller}: `batch_size` must be a positive int, got {batch_size!r}")
 
 
-def _prepared(model: nn.Module, batch_size: int, dtype: torch.dtype | None,
-              caller: str) -> tuple[StepModule, tuple[Tensor, ...]]:
+def _prepared(
+    model: nn.Module, batch_size: int, dtype: torch.dtype | None, caller: str
+) -> tuple[StepModule, tuple[Tensor, ...]]:
     """The wrapper and example inputs, after one eager step.
 
     The eager step runs the Python-side checks of a unit once, and makes units that build
@@ -147,8 +159,10 @@ def _prepared(model: nn.Module, batch_size: int, dtype: torch.dtype | None,
     """
     _check_batch(batch_size, caller)
     if batch_size < 2:
-        raise ValueError(f"{caller}: the example batch_size must be >= 2 (the batch dim is "
-                         "exported as dynamic and torch.export specialises a size of 1)")
+        raise ValueError(
+            f"{caller}: the example batch_size must be >= 2 (the batch dim is "
+            "exported as dynamic and torch.export specialises a size of 1)"
+        )
     # The wrapper follows the model's train/eval mode (a new module would be in training).
     step = StepModule(model).train(model.training)
     args = example_inputs(step, batch_size, dtype)
@@ -166,8 +180,12 @@ def _batch_dynamic_shapes(n_state: int) -> tuple[Any, ...]:
     return ({0: batch}, tuple({0: batch} for _ in range(n_state)))
 
 
-def export_step(model: nn.Module, batch_size: int = 2, dynamic_batch: bool = True,
-                dtype: torch.dtype | None = None) -> torch.export.ExportedProgram:
+def export_step(
+    model: nn.Module,
+    batch_size: int = 2,
+    dynamic_batch: bool = True,
+    dtype: torch.dtype | None = None,
+) -> torch.export.ExportedProgram:
     """Captures the step of a unit or network with `torch.export.export`.
 
     Args:
@@ -182,8 +200,9 @@ def export_step(model: nn.Module, batch_size: int = 2, dynamic_batch: bool = Tru
     """
     if not dynamic_batch:
         _check_batch(batch_size, "export_step")
-    step, args = _prepared(model, max(batch_size, 2) if not dynamic_batch else batch_size,
-                           dtype, "export_step")
+    step, args = _prepared(
+        model, max(batch_size, 2) if not dynamic_batch else batch_size, dtype, "export_step"
+    )
     if not dynamic_batch and batch_size == 1:
         args = tuple(a[:1] for a in args)
     dynamic_shapes = _batch_dynamic_shapes(len(args) - 1) if dynamic_batch else None
@@ -191,8 +210,13 @@ def export_step(model: nn.Module, batch_size: int = 2, dynamic_batch: bool = Tru
         return torch.export.export(step, args, dynamic_shapes=dynamic_shapes)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike[str], batch_size: int = 2,
-                dtype: torch.dtype | None = None, dynamo: bool = True) -> str:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    batch_size: int = 2,
+    dtype: torch.dtype | None = None,
+    dynamo: bool = True,
+) -> str:
     """Writes the step of a unit or network to an ONNX file; returns the path.
 
     Inputs are named `x_t` and the state names of `StepModule.state_names`; outputs `y_t`
@@ -208,8 +232,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], batch_size: int 
     try:
         import onnx  # noqa: F401
     except ImportError as err:
-        raise ImportError("export_onnx needs the `onnx` package: pip install memrnn[export]") \
-            from err
+        raise ImportError(
+            "export_onnx needs the `onnx` package: pip install memrnn[export]"
+        ) from err
     step, args = _prepared(model, batch_size, dtype, "export_onnx")
     names = [n.replace(".", "_") for n in step.state_names]
     input_names = ["x_t", *names]
@@ -218,13 +243,23 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], batch_size: int 
     with torch.no_grad():
         if dynamo:
             torch.onnx.export(
-                step, args, path, dynamo=True, input_names=input_names,
-                output_names=output_names, dynamic_shapes=_batch_dynamic_shapes(len(args) - 1),
-                report=False, verbose=False,
+                step,
+                args,
+                path,
+                dynamo=True,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=_batch_dynamic_shapes(len(args) - 1),
+                report=False,
+                verbose=False,
             )
         else:
             torch.onnx.export(
-                step, args, path, dynamo=False, input_names=input_names,
+                step,
+                args,
+                path,
+                dynamo=False,
+                input_names=input_names,
                 output_names=output_names,
                 dynamic_axes={n: {0: "batch"} for n in input_names + output_names},
             )
@@ -242,8 +277,9 @@ def run_onnx(path: str | os.PathLike[str], x_t: Tensor, *state: Tensor) -> list[
 
         session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
-        outputs = session.run(None, {n: t.detach().cpu().numpy() for n, t in
-                                     zip(names, inputs, strict=True)})
+        outputs = session.run(
+            None, {n: t.detach().cpu().numpy() for n, t in zip(names, inputs, strict=True)}
+        )
     except ImportError:
         import onnx
         from onnx.reference import ReferenceEvaluator
@@ -251,8 +287,9 @@ def run_onnx(path: str | os.PathLike[str], x_t: Tensor, *state: Tensor) -> list[
         proto = onnx.load(os.fspath(path))
         names = [i.name for i in proto.graph.input]
         evaluator = ReferenceEvaluator(proto)
-        outputs = evaluator.run(None, {n: t.detach().cpu().numpy() for n, t in
-                                       zip(names, inputs, strict=True)})
+        outputs = evaluator.run(
+            None, {n: t.detach().cpu().numpy() for n, t in zip(names, inputs, strict=True)}
+        )
     return [torch.as_tensor(o) for o in outputs]
 
 

@@ -43,8 +43,10 @@ def _check_model(model: Any, caller: str) -> None:
         raise TypeError(f"{caller}: `model` must be an nn.Module, got {type(model).__name__}")
     for method in ("forward", "step"):
         if not callable(getattr(model, method, None)):
-            raise TypeError(f"{caller}: `model` has no `{method}` method; expected a network "
-                            "with forward(x, state) and step(x_t, state)")
+            raise TypeError(
+                f"{caller}: `model` has no `{method}` method; expected a network "
+                "with forward(x, state) and step(x_t, state)"
+            )
 
 
 def prefill(model: nn.Module, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -76,8 +78,12 @@ def _check_sampling(n_new: Any, temperature: Any, top_k: Any) -> None:
         raise ValueError(f"generate: `top_k` must be None or a positive int, got {top_k!r}")
 
 
-def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Draws one token id per row of logits (B, V) -> (B,) int64.
 
     temperature 0 takes the argmax; top_k keeps the k largest logits before sampling.
@@ -92,8 +98,14 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def generate(model: nn.Module, prompt_ids: Tensor, n_new: int, temperature: float = 1.0,
-             top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+def generate(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    n_new: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Samples `n_new` tokens after `prompt_ids` from a next-token model.
 
     The prompt is read with one parallel forward; each new token then costs one `step` on a
@@ -115,16 +127,20 @@ def generate(model: nn.Module, prompt_ids: Tensor, n_new: int, temperature: floa
     _check_model(model, "generate")
     _check_sampling(n_new, temperature, top_k)
     if not isinstance(prompt_ids, Tensor):
-        raise TypeError(f"generate: `prompt_ids` must be a torch.Tensor, got "
-                        f"{type(prompt_ids).__name__}")
+        raise TypeError(
+            f"generate: `prompt_ids` must be a torch.Tensor, got {type(prompt_ids).__name__}"
+        )
     if prompt_ids.is_floating_point() or prompt_ids.is_complex() or prompt_ids.dtype == torch.bool:
-        raise TypeError(f"generate: `prompt_ids` must hold integer token ids, got "
-                        f"{prompt_ids.dtype}")
+        raise TypeError(
+            f"generate: `prompt_ids` must hold integer token ids, got {prompt_ids.dtype}"
+        )
     squeeze = prompt_ids.dim() == 1
     ids = prompt_ids.unsqueeze(0) if squeeze else prompt_ids
     if ids.dim() != 2 or ids.shape[1] == 0:
-        raise ValueError(f"generate: `prompt_ids` must have shape (B, T) or (T,) with T >= 1, "
-                         f"got {tuple(prompt_ids.shape)}")
+        raise ValueError(
+            f"generate: `prompt_ids` must have shape (B, T) or (T,) with T >= 1, "
+            f"got {tuple(prompt_ids.shape)}"
+        )
     _, device = _model_dtype_device(model)
     ids = ids.to(device=device, dtype=torch.long)
     B, T = ids.shape
@@ -133,9 +149,11 @@ def generate(model: nn.Module, prompt_ids: Tensor, n_new: int, temperature: floa
     with torch.no_grad():
         logits, state = model(ids, None)
         if logits.dim() != 3:
-            raise ValueError(f"generate: the model returned output of shape "
-                             f"{tuple(logits.shape)} for a (B, T) prompt; expected per-step "
-                             f"logits (B, T, V) from a next-token head")
+            raise ValueError(
+                f"generate: the model returned output of shape "
+                f"{tuple(logits.shape)} for a (B, T) prompt; expected per-step "
+                f"logits (B, T, V) from a next-token head"
+            )
         last = logits[:, -1]  # (B, V)
         for i in range(n_new):
             token = sample_next(last, temperature, top_k, generator)  # (B,)
@@ -145,8 +163,9 @@ def generate(model: nn.Module, prompt_ids: Tensor, n_new: int, temperature: floa
     return out.squeeze(0) if squeeze else out
 
 
-def _as_step_input(value: Any, input_size: int | None, dtype: torch.dtype,
-                   device: torch.device) -> tuple[Tensor, bool]:
+def _as_step_input(
+    value: Any, input_size: int | None, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, bool]:
     """One stream element as a (B, D) tensor, and whether a batch dim of 1 was added."""
     x = value if isinstance(value, Tensor) else torch.as_tensor(value)
     if x.is_complex() or x.dtype == torch.bool:
@@ -154,19 +173,22 @@ def _as_step_input(value: Any, input_size: int | None, dtype: torch.dtype,
     x = x.to(device=device, dtype=dtype)
     if x.dim() == 0:
         if input_size not in (None, 1):
-            raise ValueError(f"stream: got a scalar but the model takes {input_size} features "
-                             "per step")
+            raise ValueError(
+                f"stream: got a scalar but the model takes {input_size} features per step"
+            )
         return x.reshape(1, 1), True
     if x.dim() == 1:
         return x.unsqueeze(0), True
     if x.dim() == 2:
         return x, False
-    raise ValueError(f"stream: each value must be a scalar, (D,) or (B, D); got shape "
-                     f"{tuple(x.shape)}")
+    raise ValueError(
+        f"stream: each value must be a scalar, (D,) or (B, D); got shape {tuple(x.shape)}"
+    )
 
 
-def stream(model: nn.Module, values: Iterable[Any], state: Any = None,
-           return_state: bool = False) -> Iterator[Any]:
+def stream(
+    model: nn.Module, values: Iterable[Any], state: Any = None, return_state: bool = False
+) -> Iterator[Any]:
     """Feeds `values` to `model.step` one at a time and yields each step's output.
 
     Args:

@@ -13,8 +13,17 @@ from memrnn.tasks import registry as reg
 from memrnn.tasks.base import INPUT_KINDS, TARGETS
 
 BUILTIN = [
-    "adding", "copy-first-input", "denoising", "digits", "flip-flop", "mackey-glass",
-    "mnist1d", "psmnist", "selective-copy", "smnist", "text",
+    "adding",
+    "copy-first-input",
+    "denoising",
+    "digits",
+    "flip-flop",
+    "mackey-glass",
+    "mnist1d",
+    "psmnist",
+    "selective-copy",
+    "smnist",
+    "text",
 ]
 
 
@@ -54,13 +63,17 @@ def test_bad_kwarg_names_it_and_lists_valid_ones() -> None:
     with pytest.raises(
         ValueError,
         match="task 'adding' has no argument 'length'; valid arguments: seq_len, seed, "
-              "eval_samples",
+        "eval_samples",
     ):
         create_task("adding", length=10)
     with pytest.raises(ValueError, match="no argument 'p_wrte' \\(did you mean 'p_write'\\?\\)"):
         create_task("flip-flop", p_wrte=0.1)
     assert reg.task_kwargs("flip-flop") == [
-        "train_len", "test_len", "p_write", "seed", "eval_samples",
+        "train_len",
+        "test_len",
+        "p_write",
+        "seed",
+        "eval_samples",
     ]
 
 
@@ -82,8 +95,16 @@ def test_register_task(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # Every generated task builds from defaults (data-file tasks need a path) and runs its loss.
 @pytest.mark.parametrize(
-    "name", ["adding", "copy-first-input", "denoising", "flip-flop", "mackey-glass",
-             "selective-copy", "digits"],
+    "name",
+    [
+        "adding",
+        "copy-first-input",
+        "denoising",
+        "flip-flop",
+        "mackey-glass",
+        "selective-copy",
+        "digits",
+    ],
 )
 def test_defaults_build_and_declare_sizes(name: str) -> None:
     task = create_task(name)

@@ -49,8 +49,10 @@ def test_digits_splits_shapes_and_determinism() -> None:
     rows = {tuple(r) for r in (load_digits().data / 16.0).astype(np.float32)}
     assert all(tuple(r) in rows for r in task.batch(20, "test", gen()).x[..., 0].numpy())
     # Uniform logits: argmax ties give class 0, right about 1 time in 10.
-    acc = [task.metrics(torch.zeros(len(b.y), 10), b)["accuracy"]
-           for b in task.iter_split("train", 10_000)]
+    acc = [
+        task.metrics(torch.zeros(len(b.y), 10), b)["accuracy"]
+        for b in task.iter_split("train", 10_000)
+    ]
     assert acc[0] == pytest.approx(task.chance(), abs=0.03)
 
 

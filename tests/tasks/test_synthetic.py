@@ -97,13 +97,13 @@ def test_denoising_layout() -> None:
         marked = (marker[i] == 1).nonzero().flatten()
         assert len(marked) == k and int(marked.max()) < t - tail
         assert (marker[i] == -1).nonzero().flatten().tolist() == [end]
-        assert torch.equal(batch.y[i, end + 1:, 0], value[i, marked])
+        assert torch.equal(batch.y[i, end + 1 :, 0], value[i, marked])
         assert batch.mask[i].nonzero().flatten().tolist() == list(range(end + 1, t))
-    assert not marker[:, t - tail:].eq(1).any()
+    assert not marker[:, t - tail :].eq(1).any()
     # With no forbidden tail, marks may reach right up to the end marker.
     task0 = create_task("denoising", seq_len=20, forbidden_tail=0)
     marks = task0.batch(2000, "train", gen()).x[..., 1]
-    assert marks[:, : 20 - 6].eq(1).any(0).all() and not marks[:, 20 - 6:].eq(1).any()
+    assert marks[:, : 20 - 6].eq(1).any(0).all() and not marks[:, 20 - 6 :].eq(1).any()
 
 
 def test_adding_target_and_halves() -> None:
@@ -125,10 +125,10 @@ def test_selective_copy_answers() -> None:
     d = 50 - 6 - 1
     for i in range(32):
         placed = [int(v) for v in ids[i, :d] if v < task.vocab_size]
-        assert placed == batch.y[i, d + 1:].tolist()
+        assert placed == batch.y[i, d + 1 :].tolist()
         assert int(ids[i, d]) == task.delimiter
-        assert ids[i, d + 1:].eq(task.blank).all()
-    assert batch.mask.sum(1).eq(6).all() and batch.mask[:, d + 1:].all()
+        assert ids[i, d + 1 :].eq(task.blank).all()
+    assert batch.mask.sum(1).eq(6).all() and batch.mask[:, d + 1 :].all()
 
 
 def test_flip_flop_matches_loop() -> None:

@@ -34,7 +34,10 @@ def test_round_trip_rebuilds_model_and_training_state(tmp_path):
     model, cfg = _model()
     folder = save_checkpoint(tmp_path, "last", model, cfg, {"step": 7, "best": 0.5})
     assert sorted(os.listdir(folder)) == [
-        "manifest.json", "model.safetensors", "model_config.json", "training.pt"
+        "manifest.json",
+        "model.safetensors",
+        "model_config.json",
+        "training.pt",
     ]
     loaded, loaded_cfg = load_model(tmp_path)
     assert loaded_cfg == cfg and _same(model, loaded)
@@ -86,8 +89,14 @@ def test_best_is_preferred_and_missing_checkpoint_is_explained(tmp_path):
 
 def test_manifest_detects_truncation_and_alteration(tmp_path):
     model, cfg = _model()
-    folder = save_checkpoint(tmp_path, "last", model, cfg, {"step": 1},
-                             extra_files={"vocab.json": '{"tokens": ["a", "b"]}'})
+    folder = save_checkpoint(
+        tmp_path,
+        "last",
+        model,
+        cfg,
+        {"step": 1},
+        extra_files={"vocab.json": '{"tokens": ["a", "b"]}'},
+    )
     verify_checkpoint(folder)
     assert load_vocab(folder) == ["a", "b"]
     path = folder / "model_config.json"

@@ -102,8 +102,11 @@ def _run(unit: nn.Module, x: Tensor, how: str, state: Any = None) -> dict[str, A
         "y": y.detach(),
         "state": [t.detach() for t in _flatten(final)],
         "grads": grads,
-        "names": ["x", *[f"state{i}" for i in range(len(inputs) - 1)],
-                  *[n for n, p in unit.named_parameters() if p.requires_grad]],
+        "names": [
+            "x",
+            *[f"state{i}" for i in range(len(inputs) - 1)],
+            *[n for n, p in unit.named_parameters() if p.requires_grad],
+        ],
     }
 
 
@@ -130,8 +133,12 @@ def _assert_same(ref: dict[str, Any], got: dict[str, Any], tol: float, label: st
 
 
 CASES = [
-    pytest.param(dtype, T, id=f"{label}-{T}",
-                 marks=[pytest.mark.slow] if (dtype == torch.float32 and T >= 1000) else [])
+    pytest.param(
+        dtype,
+        T,
+        id=f"{label}-{T}",
+        marks=[pytest.mark.slow] if (dtype == torch.float32 and T >= 1000) else [],
+    )
     for dtype, label in ((torch.float64, "f64"), (torch.float32, "f32"))
     for T in LENGTHS
 ]

@@ -63,8 +63,15 @@ def test_gradients_reach_every_parameter_and_are_finite():
     x = torch.randn(4, 30, 3, dtype=torch.float64, requires_grad=True)
     y, state = unit(x)
     (y.square().sum() + state.h.sum()).backward()
-    for name in ("candidate.weight", "candidate.bias", "threshold_proj.weight",
-                 "threshold_proj.bias", "alpha", "h0", "out.weight"):
+    for name in (
+        "candidate.weight",
+        "candidate.bias",
+        "threshold_proj.weight",
+        "threshold_proj.bias",
+        "alpha",
+        "h0",
+        "out.weight",
+    ):
         grad = unit.get_parameter(name).grad
         assert grad is not None and torch.isfinite(grad).all(), name
         assert grad.abs().sum() > 0, name
@@ -151,7 +158,15 @@ def test_epsilon_is_settable_without_rebuilding():
 def test_epsilon_schedule_values_and_apply():
     schedule = EpsilonSchedule(hold=10, decay=4)
     assert [schedule(s) for s in (0, 9, 10, 11, 12, 13, 14, 1000)] == [
-        1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+        1.0,
+        1.0,
+        1.0,
+        0.75,
+        0.5,
+        0.25,
+        0.0,
+        0.0,
+    ]
     assert EpsilonSchedule(hold=0, decay=0)(0) == 0.0
     model = torch.nn.Sequential(CMRU(3, 4), torch.nn.Linear(4, 4), BMRU(4, 4))
     assert schedule.apply(model, 12) == 0.5

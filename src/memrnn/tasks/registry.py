@@ -101,7 +101,8 @@ def task_kwargs(name: str) -> list[str]:
     """Names of the hyperparameters (constructor keyword arguments) of task `name`."""
     sig = inspect.signature(get_task_class(name).__init__)
     return [
-        p.name for p in sig.parameters.values()
+        p.name
+        for p in sig.parameters.values()
         if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
 
@@ -122,8 +123,10 @@ def create_task(name: str, **kwargs: Any) -> Task:
                     f"{', '.join(valid) or '(none)'}"
                 )
     missing = [
-        p.name for p in list(sig.parameters.values())[1:]
-        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        p.name
+        for p in list(sig.parameters.values())[1:]
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and p.name not in kwargs
     ]
     if missing:

@@ -40,7 +40,11 @@ class _SequenceClassification(ArrayTask):
     """Samples stored as (N, T) float32; a batch is x (B, T, 1), y (B,) int64."""
 
     def _set_splits(
-        self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
+        self,
+        x_train: Tensor,
+        y_train: Tensor,
+        x_test: Tensor,
+        y_test: Tensor,
         val_fraction: float,
     ) -> None:
         keep, held = holdout(y_train.shape[0], val_fraction, self.seed)
@@ -58,8 +62,13 @@ class _PixelMNIST(_SequenceClassification):
     permute: ClassVar[bool] = False
 
     def __init__(
-        self, data_dir: str | os.PathLike, black_pixels: int = 0, subset: int | None = None,
-        val_fraction: float = 0.1, seed: int = 0, permutation_seed: int = 0,
+        self,
+        data_dir: str | os.PathLike,
+        black_pixels: int = 0,
+        subset: int | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        permutation_seed: int = 0,
     ) -> None:
         if data_dir is None:
             raise ValueError("data_dir must name a folder with the MNIST IDX files, got None")
@@ -174,7 +183,10 @@ class MNIST1D(_SequenceClassification):
     """
 
     def __init__(
-        self, val_fraction: float = 0.1, seed: int = 0, cache_dir: str | None = None,
+        self,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        cache_dir: str | None = None,
     ) -> None:
         val_fraction = check_float("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
         self.seed = check_int("seed", seed, minimum=0)
@@ -197,12 +209,16 @@ class Digits(_SequenceClassification):
     """
 
     def __init__(
-        self, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
+        self,
+        test_fraction: float = 0.2,
+        val_fraction: float = 0.1,
+        seed: int = 0,
     ) -> None:
         from sklearn.datasets import load_digits
 
-        test_fraction = check_float("test_fraction", test_fraction, 0.0, 1.0, low_open=True,
-                                    high_open=True)
+        test_fraction = check_float(
+            "test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True
+        )
         val_fraction = check_float("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
         self.seed = check_int("seed", seed, minimum=0)
         data = load_digits()
@@ -215,8 +231,13 @@ class Digits(_SequenceClassification):
 
 
 def mackey_glass(
-    n_points: int, tau: float = 17.0, beta: float = 0.2, gamma: float = 0.1,
-    exponent: float = 10.0, substeps: int = 10, sample_every: int | None = None,
+    n_points: int,
+    tau: float = 17.0,
+    beta: float = 0.2,
+    gamma: float = 0.1,
+    exponent: float = 10.0,
+    substeps: int = 10,
+    sample_every: int | None = None,
     washout: int = 1000,
     seed: int = 0,
 ) -> np.ndarray:
@@ -281,11 +302,17 @@ class MackeyGlass(GeneratedTask):
     primary_metric: ClassVar[str] = "nrmse"
     higher_is_better: ClassVar[bool] = False
     bounds: ClassVar[dict[str, tuple[float, float]]] = {
-        "train": (0.0, 0.7), "val": (0.7, 0.8), "test": (0.8, 1.0),
+        "train": (0.0, 0.7),
+        "val": (0.7, 0.8),
+        "test": (0.8, 1.0),
     }
 
     def __init__(
-        self, seq_len: int = 256, horizon: int = 15, n_points: int = 10000, seed: int = 0,
+        self,
+        seq_len: int = 256,
+        horizon: int = 15,
+        n_points: int = 10000,
+        seed: int = 0,
         eval_samples: int = 1024,
     ) -> None:
         self.horizon = check_int("horizon", horizon)
@@ -316,7 +343,11 @@ class MackeyGlass(GeneratedTask):
         return t
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         t = self._check_len(seq_len or self.seq_len)
         lo, hi = self._segment(split)
@@ -356,8 +387,12 @@ class CharText(GeneratedTask):
     input_kind = "tokens"
 
     def __init__(
-        self, path: str | os.PathLike, seq_len: int = 128, val_fraction: float = 0.05,
-        test_fraction: float = 0.05, seed: int = 0,
+        self,
+        path: str | os.PathLike,
+        seq_len: int = 128,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        seed: int = 0,
     ) -> None:
         if path is None or not Path(path).is_file():
             raise FileNotFoundError(f"text task: no text file at {str(path)!r}; pass path=<file>")
@@ -392,7 +427,11 @@ class CharText(GeneratedTask):
         return "".join(self.vocab[i] for i in ids.tolist())
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         t = self._check_len(seq_len or self.seq_len)
         part = self.parts[split]
@@ -401,7 +440,10 @@ class CharText(GeneratedTask):
         return Batch(part[idx], part[idx + 1])
 
     def iter_split(
-        self, split: str, batch_size: int, max_samples: int | None = None,
+        self,
+        split: str,
+        batch_size: int,
+        max_samples: int | None = None,
         seq_len: int | None = None,
     ) -> Iterator[Batch]:
         check_int("batch_size", batch_size)

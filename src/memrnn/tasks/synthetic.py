@@ -22,7 +22,10 @@ from memrnn.tasks.registry import register_task
 
 
 def _random_positions(
-    batch_size: int, n_positions: int, k: int, generator: Generator,
+    batch_size: int,
+    n_positions: int,
+    k: int,
+    generator: Generator,
 ) -> torch.Tensor:
     """k distinct positions in [0, n_positions) per row, sorted ascending: (B, k) int64."""
     scores = torch.rand(batch_size, n_positions, generator=generator)
@@ -59,7 +62,11 @@ class CopyFirstInput(_Synthetic):
         self.input_size, self.output_size = 1, 1
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         t = seq_len or self.seq_len
         x = torch.randn(batch_size, t, 1, generator=generator)
@@ -95,7 +102,11 @@ class Denoising(_Synthetic):
     higher_is_better: ClassVar[bool] = False
 
     def __init__(
-        self, seq_len: int = 400, n_values: int = 5, forbidden_tail: int = 200, seed: int = 0,
+        self,
+        seq_len: int = 400,
+        n_values: int = 5,
+        forbidden_tail: int = 200,
+        seed: int = 0,
         eval_samples: int = 1024,
     ) -> None:
         self.n_values = check_int("n_values", n_values)
@@ -117,7 +128,11 @@ class Denoising(_Synthetic):
         return t
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         t = self._check_len(seq_len or self.seq_len)
         k = self.n_values
@@ -129,9 +144,9 @@ class Denoising(_Synthetic):
         x[rows, pos, 1] = 1.0
         x[:, end, 1] = -1.0
         y = torch.zeros(batch_size, t, 1)
-        y[:, end + 1:, 0] = x[rows, pos, 0]
+        y[:, end + 1 :, 0] = x[rows, pos, 0]
         mask = torch.zeros(batch_size, t, dtype=torch.bool)
-        mask[:, end + 1:] = True
+        mask[:, end + 1 :] = True
         return Batch(x, y, mask)
 
     def chance(self) -> float:
@@ -164,7 +179,11 @@ class Adding(_Synthetic):
         self.input_size, self.output_size = 2, 1
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         t = check_int("seq_len", seq_len or self.seq_len, minimum=2)
         half = t // 2
@@ -208,7 +227,11 @@ class SelectiveCopy(_Synthetic):
     higher_is_better: ClassVar[bool] = True
 
     def __init__(
-        self, seq_len: int = 256, n_tokens: int = 16, vocab_size: int = 8, seed: int = 0,
+        self,
+        seq_len: int = 256,
+        n_tokens: int = 16,
+        vocab_size: int = 8,
+        seed: int = 0,
         eval_samples: int = 1024,
     ) -> None:
         self.n_tokens = check_int("n_tokens", n_tokens)
@@ -226,7 +249,11 @@ class SelectiveCopy(_Synthetic):
         return t
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         t = self._check_len(seq_len or self.seq_len)
         k = self.n_tokens
@@ -239,9 +266,9 @@ class SelectiveCopy(_Synthetic):
         ids[:, d] = self.delimiter
         x = torch.nn.functional.one_hot(ids, self.input_size).float()
         y = torch.zeros(batch_size, t, dtype=torch.long)
-        y[:, d + 1:] = tokens
+        y[:, d + 1 :] = tokens
         mask = torch.zeros(batch_size, t, dtype=torch.bool)
-        mask[:, d + 1:] = True
+        mask[:, d + 1 :] = True
         return Batch(x, y, mask)
 
     def chance(self) -> float:
@@ -273,7 +300,11 @@ class FlipFlop(_Synthetic):
     higher_is_better: ClassVar[bool] = True
 
     def __init__(
-        self, train_len: int = 100, test_len: int = 1000, p_write: float = 0.05, seed: int = 0,
+        self,
+        train_len: int = 100,
+        test_len: int = 1000,
+        p_write: float = 0.05,
+        seed: int = 0,
         eval_samples: int = 1024,
     ) -> None:
         self.train_len = check_int("train_len", train_len)
@@ -284,7 +315,11 @@ class FlipFlop(_Synthetic):
         self.input_size, self.output_size = 2, 2
 
     def _generate(
-        self, batch_size: int, split: str, generator: Generator, seq_len: int | None,
+        self,
+        batch_size: int,
+        split: str,
+        generator: Generator,
+        seq_len: int | None,
     ) -> Batch:
         t = seq_len or (self.test_len if check_split(split) == "test" else self.train_len)
         write = torch.rand(batch_size, t, generator=generator) < self.p_write

@@ -118,8 +118,9 @@ def save_checkpoint(
         for name in names:
             _fsync_file(tmp / name)
         # The manifest goes last: a folder with a valid manifest has every file complete.
-        manifest = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
-                    for n in names}
+        manifest = {
+            n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in names
+        }
         (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=2))
         _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
@@ -247,8 +248,10 @@ def read_model_config(folder: str | Path) -> ModelConfig:
     try:
         return ModelConfig.from_json(path.read_text())
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {str(folder)!r} is damaged: {MODEL_CONFIG} "
-                              f"cannot be read ({' '.join(str(err).split())})") from None
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {MODEL_CONFIG} "
+            f"cannot be read ({' '.join(str(err).split())})"
+        ) from None
 
 
 def load_weights(model: nn.Module, folder: str | Path, map_location: str = "cpu") -> None:
@@ -261,8 +264,10 @@ def load_weights(model: nn.Module, folder: str | Path, map_location: str = "cpu"
         loaded = load_file(path, device=map_location)
     except Exception as err:
         # safetensors raises its own error type (and OSError) on a damaged header or data.
-        raise CheckpointError(f"checkpoint {str(folder)!r} is damaged: {WEIGHTS} cannot be "
-                              f"read ({' '.join(str(err).split())})") from None
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {WEIGHTS} cannot be "
+            f"read ({' '.join(str(err).split())})"
+        ) from None
     model.load_state_dict(tensors_to_weights(loaded, metadata))
 
 
@@ -271,12 +276,15 @@ def load_training(folder: str | Path, map_location: str = "cpu") -> dict[str, An
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {TRAINING} is "
-                              "missing") from None
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is incomplete: {TRAINING} is missing"
+        ) from None
     except Exception as err:
         # A truncated pickle raises EOFError, UnpicklingError or RuntimeError (zip reader).
-        raise CheckpointError(f"checkpoint {str(folder)!r} is damaged: {TRAINING} cannot be "
-                              f"read ({' '.join(str(err).split())})") from None
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {TRAINING} cannot be "
+            f"read ({' '.join(str(err).split())})"
+        ) from None
 
 
 def load_vocab(folder: str | Path) -> list[str] | None:

@@ -279,8 +279,14 @@ def resolve_config(
 
 
 def check_config(c: TrainConfig) -> None:
-    for key in ("steps", "batch_size", "grad_accum", "eval_samples", "eval_batch_size",
-                "log_every"):
+    for key in (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "eval_samples",
+        "eval_batch_size",
+        "log_every",
+    ):
         if getattr(c, key) < 1:
             raise UsageError(f"config key {key!r} must be >= 1, got {getattr(c, key)!r}")
     for key in ("warmup", "eval_every", "ckpt_every", "seed"):
@@ -304,11 +310,14 @@ def check_config(c: TrainConfig) -> None:
                 f"config key {key!r} must be one of {', '.join(choices)}, got {getattr(c, key)!r}"
             )
     if c.precision == "bf16" and c.dtype != "float32":
-        raise UsageError("--precision bf16 runs float32 parameters under autocast; "
-                         "drop --dtype float64")
+        raise UsageError(
+            "--precision bf16 runs float32 parameters under autocast; drop --dtype float64"
+        )
     if c.batch_size % c.grad_accum:
-        raise UsageError(f"batch_size {c.batch_size} does not split into grad_accum "
-                         f"{c.grad_accum} equal micro-batches")
+        raise UsageError(
+            f"batch_size {c.batch_size} does not split into grad_accum "
+            f"{c.grad_accum} equal micro-batches"
+        )
 
 
 DTYPES = ("float32", "float64")

@@ -68,8 +68,9 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from err
 
 
-def setup_distributed(backend: str | None = None, device: str | torch.device | None = None,
-                      timeout_s: float = 600.0) -> DistInfo:
+def setup_distributed(
+    backend: str | None = None, device: str | torch.device | None = None, timeout_s: float = 600.0
+) -> DistInfo:
     """Joins the process group that torchrun describes in the environment.
 
     Args:
@@ -85,8 +86,10 @@ def setup_distributed(backend: str | None = None, device: str | torch.device | N
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"setup_distributed: RANK={rank} and WORLD_SIZE={world_size} are "
-                         "inconsistent; expected 0 <= RANK < WORLD_SIZE")
+        raise ValueError(
+            f"setup_distributed: RANK={rank} and WORLD_SIZE={world_size} are "
+            "inconsistent; expected 0 <= RANK < WORLD_SIZE"
+        )
     use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank % max(1, torch.cuda.device_count()))
@@ -98,16 +101,20 @@ def setup_distributed(backend: str | None = None, device: str | torch.device | N
         return info
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
-            raise ValueError(f"setup_distributed: WORLD_SIZE={world_size} but {name} is not set; "
-                             "launch with torchrun or set MASTER_ADDR and MASTER_PORT")
+            raise ValueError(
+                f"setup_distributed: WORLD_SIZE={world_size} but {name} is not set; "
+                "launch with torchrun or set MASTER_ADDR and MASTER_PORT"
+            )
     if backend is None:
         backend = "nccl" if use_cuda else "gloo"
     if backend not in ("gloo", "nccl"):
-        raise ValueError(f"setup_distributed: unknown backend {backend!r}; expected one of "
-                         "('gloo', 'nccl')")
+        raise ValueError(
+            f"setup_distributed: unknown backend {backend!r}; expected one of ('gloo', 'nccl')"
+        )
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+        )
     return info
 
 
@@ -168,8 +175,10 @@ def rank_slice(global_batch_size: int, info: DistInfo) -> slice:
     weight samples differently from the 1-process run).
     """
     if global_batch_size % info.world_size:
-        raise ValueError(f"global batch size {global_batch_size} does not split evenly over "
-                         f"{info.world_size} processes")
+        raise ValueError(
+            f"global batch size {global_batch_size} does not split evenly over "
+            f"{info.world_size} processes"
+        )
     per_rank = global_batch_size // info.world_size
     return slice(info.rank * per_rank, (info.rank + 1) * per_rank)
 

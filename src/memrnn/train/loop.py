@@ -373,8 +373,10 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
             for partial in run_dir.glob(".*.tmp-*"):
                 shutil.rmtree(partial, ignore_errors=True)
             for message in skipped_folders:
-                print(f"memrnn: warning: {message}; resuming from {resume_folder} instead",
-                      file=sys.stderr)
+                print(
+                    f"memrnn: warning: {message}; resuming from {resume_folder} instead",
+                    file=sys.stderr,
+                )
         model_config = read_model_config(resume_folder)
     else:
         try:
@@ -419,8 +421,9 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
         _float32_units(model)
     ddp_model = wrap_ddp(model, info)
 
-    logger = MetricsLogger(run_dir, resume_step=start, tensorboard=config.tensorboard) \
-        if main else None
+    logger = (
+        MetricsLogger(run_dir, resume_step=start, tensorboard=config.tensorboard) if main else None
+    )
     metric_name = task.primary_metric
     end = config.steps if config.stop_at is None else min(config.steps, config.stop_at)
     extra_files = _vocab_files(task)
@@ -490,12 +493,16 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             metric_sums: dict[str, float] = {}
             for i in range(config.grad_accum):
-                part = move_batch(_slice_batch(batch, slice(i * micro, (i + 1) * micro)),
-                                  device, dtype)
+                part = move_batch(
+                    _slice_batch(batch, slice(i * micro, (i + 1) * micro)), device, dtype
+                )
                 last_micro = i == config.grad_accum - 1
                 # Gradients are averaged over ranks once per step, on the last micro-batch.
-                sync = contextlib.nullcontext() if last_micro or not info.distributed \
+                sync = (
+                    contextlib.nullcontext()
+                    if last_micro or not info.distributed
                     else ddp_model.no_sync()
+                )
                 with sync:
                     with autocast:
                         out, _ = ddp_model(part.x, lengths=part.lengths)
@@ -507,8 +514,9 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
                     total_loss.backward()
                 loss_sum += loss.detach().double()
                 if log_now:
-                    for k, v in task.metrics(out.detach().float() if bf16 else out.detach(),
-                                             part).items():
+                    for k, v in task.metrics(
+                        out.detach().float() if bf16 else out.detach(), part
+                    ).items():
                         metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
             step_loss = all_reduce_mean(loss_sum / config.grad_accum, info)
             if config.debug_nan_at_step == step:
@@ -568,8 +576,13 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
                     improved = False
                     if at_eval or step == end or out_of_time:
                         val_loss, val = evaluate(
-                            model, task, "val", config.eval_samples, config.eval_batch_size,
-                            device=device, dtype=dtype,
+                            model,
+                            task,
+                            "val",
+                            config.eval_samples,
+                            config.eval_batch_size,
+                            device=device,
+                            dtype=dtype,
                         )
                         assert logger is not None
                         logger.log(step, "val", val_loss, val, lr, elapsed)
@@ -582,12 +595,14 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
                         # ε is a plain attribute, not a weight: the config carries the value.
                         saved_config = model_config.replace(epsilon=current_epsilon(model))
                     state_now = training_state(step, val, rng_ranks)
-                    folder = save_checkpoint(run_dir, "last", model, saved_config, state_now,
-                                             extra_files)
+                    folder = save_checkpoint(
+                        run_dir, "last", model, saved_config, state_now, extra_files
+                    )
                     saved = (folder, step)
                     if improved:
-                        save_checkpoint(run_dir, "best", model, saved_config, state_now,
-                                        extra_files)
+                        save_checkpoint(
+                            run_dir, "best", model, saved_config, state_now, extra_files
+                        )
                 barrier()
                 tick = time.perf_counter()
             if out_of_time:

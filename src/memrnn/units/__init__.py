@@ -10,12 +10,20 @@ from memrnn.units.base import (
 )
 from memrnn.units.brc import BRC, NBRC, BRCState
 from memrnn.units.classic import GRU, LSTM, GRUState, LSTMState
+from memrnn.units.hybrid import Hybrid, HybridState, alternating
+from memrnn.units.lmu import (
+    LMU,
+    LMUCell,
+    LMUCellState,
+    LMUState,
+    ParallelLMU,
+    legendre_system,
+    lmu_decode,
+)
 from memrnn.units.lru import LRU, LRUState
 from memrnn.units.mingru import MinGRU, MinGRUState
-from memrnn.units.src import SRC, SRCState, spike_stats
 from memrnn.units.mru import BMRU, CMRU, BMRUState, EpsilonSchedule, bmru_scan, write_rate_penalty
-from memrnn.units.hybrid import Hybrid, HybridState, alternating
-from memrnn.units.lmu import LMU, LMUCell, LMUCellState, LMUState, ParallelLMU, legendre_system, lmu_decode
+from memrnn.units.src import SRC, SRCState, spike_stats
 
 __all__ = [
     "LMU",

@@ -62,7 +62,9 @@ class _BistableCell(RecurrentUnit):
         raise NotImplementedError
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> BRCState:
         device = self._param_device() if device is None else device

@@ -55,7 +55,10 @@ class _TorchRNN(RecurrentUnit):
         )
 
     def _zeros(
-        self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype | None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
     ) -> Tensor:
         device = self._param_device() if device is None else device
         dtype = self._param_dtype() if dtype is None else dtype
@@ -118,7 +121,9 @@ class LSTM(_TorchRNN):
         super().__init__(nn.LSTM, input_size, hidden_size, output_size, mode, bias, device, dtype)
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> LSTMState:
         zeros = self._zeros(batch_size, device, dtype)
@@ -171,7 +176,9 @@ class GRU(_TorchRNN):
         super().__init__(nn.GRU, input_size, hidden_size, output_size, mode, bias, device, dtype)
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> GRUState:
         return GRUState(self._zeros(batch_size, device, dtype))

@@ -39,8 +39,13 @@ def _registry() -> dict[str, type[RecurrentUnit]]:
 
 
 def _build_part(
-    role: str, spec: str | RecurrentUnit, input_size: int, hidden_size: int,
-    output_size: int | None, kwargs: dict[str, Any] | None, factory: dict[str, Any],
+    role: str,
+    spec: str | RecurrentUnit,
+    input_size: int,
+    hidden_size: int,
+    output_size: int | None,
+    kwargs: dict[str, Any] | None,
+    factory: dict[str, Any],
 ) -> RecurrentUnit:
     if isinstance(spec, RecurrentUnit):
         if kwargs:
@@ -136,7 +141,9 @@ class Hybrid(RecurrentUnit):
                 part.mode = value
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> HybridState:
         return HybridState(

@@ -182,7 +182,9 @@ class LRU(RecurrentUnit):
         return torch.complex128 if self.nu.dtype == torch.float64 else torch.complex64
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> LRUState:
         device = self._param_device() if device is None else device

@@ -70,7 +70,9 @@ class MinGRU(RecurrentUnit):
         )
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> MinGRUState:
         device = self._param_device() if device is None else device

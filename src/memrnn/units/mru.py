@@ -194,7 +194,9 @@ class BMRU(RecurrentUnit):
             return ((self.candidate(x).abs() - self.thresholds(x)).abs()).min()
 
     def init_state(
-        self, batch_size: int, device: torch.device | str | None = None,
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> BMRUState:
         device = self.h0.device if device is None else torch.device(device)
@@ -272,8 +274,17 @@ class CMRU(BMRU):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            input_size, hidden_size, output_size, threshold, epsilon, surrogate, sharpness, mode,
-            scan_backend, device, dtype,
+            input_size,
+            hidden_size,
+            output_size,
+            threshold,
+            epsilon,
+            surrogate,
+            sharpness,
+            mode,
+            scan_backend,
+            device,
+            dtype,
         )
 
 

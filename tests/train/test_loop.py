@@ -154,3 +154,13 @@ def test_unknown_model_and_task_are_usage_errors(tmp_path):
         train(_config(tmp_path, model="nope-small", steps=1))
     with pytest.raises(UsageError, match="unknown task 'flip-flip'"):
         train(_config(tmp_path, task="flip-flip", steps=1))
+
+
+def test_build_task_takes_the_length_from_either_place():
+    from memrnn.train.loop import UsageError, build_task
+
+    assert build_task("copy-first-input", 30).seq_len == 30
+    assert build_task("copy-first-input", None, seq_len=40).seq_len == 40
+    assert build_task("copy-first-input", 50, seq_len=50).seq_len == 50
+    with pytest.raises(UsageError, match="--seq-len 30 conflicts with --task.seq_len 40"):
+        build_task("copy-first-input", 30, seq_len=40)

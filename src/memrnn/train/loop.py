@@ -102,8 +102,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_task(name: str, seq_len: int | None = None, **kwargs: Any) -> Task:
-    """create_task with `seq_len` mapped to the task's length argument (seq_len or train_len)."""
+def build_task(name: str, seq_len: int | None = None, /, **kwargs: Any) -> Task:
+    """create_task with `seq_len` mapped to the task's length argument (seq_len or train_len).
+
+    The length may also come in `kwargs` (a config's task arguments); both at once must agree.
+    """
     from memrnn.tasks.registry import create_task, task_kwargs
 
     try:
@@ -112,7 +115,11 @@ def build_task(name: str, seq_len: int | None = None, **kwargs: Any) -> Task:
             key = next((k for k in ("seq_len", "train_len") if k in valid), None)
             if key is None:
                 raise UsageError(f"task {name!r} has a fixed length; drop --seq-len")
-            kwargs = {key: seq_len, **kwargs}
+            if key in kwargs and kwargs[key] != seq_len:
+                raise UsageError(
+                    f"--seq-len {seq_len} conflicts with --task.{key} {kwargs[key]}; give one"
+                )
+            kwargs = {**kwargs, key: seq_len}
         return create_task(name, **kwargs)
     except (FileNotFoundError, NotADirectoryError) as err:
         raise UsageError(_one_line(err)) from None

@@ -36,9 +36,13 @@ Implementation notes (ours):
   bound the way a plain `clamp` (zero gradient there) would. The cost: the raw parameter may
   drift above the bound while the effective bias stays at it. `effective_bias_h` is the value
   the cell uses.
-- The initial state is the resting equilibrium: the cell iterated with zero input (in float64)
-  until it stops moving, then polished with Newton steps on h = tanh((r + r_s) h + b) (at rest
-  i = 0 and hs = h). It is cached per bias value, device and dtype and carries no gradient.
+- The initial state is the resting equilibrium. At rest i = 0 and hs = h, so h solves
+  h = tanh((r + r_s) h + b); with r + r_s < 0 (the paper's 2 − 7) that root is unique and is
+  found by bisection on [−1, 1] and Newton steps, in float64, and a warning says when it is
+  unstable (tonic firing: the 2×2 Jacobian of (h, hs) there has spectral radius ≥ 1). Otherwise
+  the cell is iterated with zero input until it stops moving. The result is cached per bias
+  value, device and dtype and carries no gradient. (Iterating until the state stopped moving
+  took up to seconds per optimiser step when b_h approached the bifurcation.)
 - Options (both off by default): `straight_through` passes the output gradient through the
   ReLU unchanged; `detach_recurrence` detaches h_{t−1} and hs_{t−1} where they enter step t,
   so gradients flow through time only via the input integrator i.
@@ -298,11 +302,24 @@ def resting_state(
 ) -> tuple[Tensor, Tensor]:
     """Resting equilibrium (h*, hs*) per neuron for the effective bias (N,), in float64 on CPU.
 
-    Iterates the cell with zero input, from h = hs = `start` (default 0), until it stops moving,
-    then applies Newton steps to h = tanh((r + r_s) h + b) (at rest i = 0 and hs = h). Warns when
-    the iteration does not settle (the bias makes the neuron fire tonically: rest is unstable).
+    With r + r_s < 0, solves h = tanh((r + r_s) h + b) by bisection and Newton steps and warns
+    when the equilibrium is unstable (the neuron fires tonically). Otherwise iterates the cell
+    with zero input, from h = hs = `start` (default 0), until it stops moving, and warns when it
+    does not settle; Newton steps then polish h.
     """
     b = bias.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    a = c.r + c.r_s
+    if a < 0:
+        # f(h) = h − tanh(a h + b) is increasing, f(−1) < 0 < f(1): one root, bracketed.
+        lo, hi = -torch.ones_like(b), torch.ones_like(b)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            below = mid - torch.tanh(a * mid + b) < 0
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        h = _newton_rest(0.5 * (lo + hi), b, a, steps=3)
+        if bool((_rest_spectral_radius(h, c) >= 1.0).any()):
+            _warn_tonic()
+        return h, h.clone()
     h = torch.zeros_like(b) if start is None else start.to(torch.float64).clone()
     hs = h.clone()
     settled = False
@@ -319,18 +336,38 @@ def resting_state(
         if settled:
             break
     if not settled:
-        warnings.warn(
-            "SRC: the cell does not settle at rest with this bias (tonic firing); using the "
-            "unstable equilibrium as the initial state",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    a = c.r + c.r_s
-    for _ in range(50):
-        th = torch.tanh(a * h + b)
-        f = h - th
-        h = h - f / (1.0 - a * (1.0 - th * th))
+        _warn_tonic()
+    h = _newton_rest(h, b, a)
     return h, h.clone()
+
+
+def _newton_rest(h: Tensor, b: Tensor, a: float, steps: int = 50) -> Tensor:
+    for _ in range(steps):
+        th = torch.tanh(a * h + b)
+        h = h - (h - th) / (1.0 - a * (1.0 - th * th))
+    return h
+
+
+def _rest_spectral_radius(h: Tensor, c: SRCConstants) -> Tensor:
+    """Spectral radius of d(h_t, hs_t)/d(h_{t−1}, hs_{t−1}) at the rest point hs = h."""
+    d = 1.0 - h * h
+    z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h - 0.5))
+    # At hs = h the gate's own derivative multiplies hs − h = 0: J = [[r d, r_s d], [1 − z, z]].
+    tr = c.r * d + z
+    det = c.r * d * z - c.r_s * d * (1.0 - z)
+    disc = tr * tr - 4.0 * det
+    sq = disc.abs().sqrt()
+    real = torch.maximum((tr + sq).abs(), (tr - sq).abs()) / 2.0
+    return torch.where(disc >= 0, real, det.clamp(min=0).sqrt())
+
+
+def _warn_tonic() -> None:
+    warnings.warn(
+        "SRC: the cell does not settle at rest with this bias (tonic firing); using the "
+        "unstable equilibrium as the initial state",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 @register_unit("src")

@@ -53,24 +53,36 @@ def test_short_training_lowers_loss():
     assert losses[-1] < 0.8 * losses[0]
 
 
-@pytest.mark.slow
-def test_digits_above_chance():
-    # 2 layers x 64, encoding shortened to 5 + 40 steps, 150 Adam steps of batch 64:
-    # test accuracy must beat 0.2, twice chance (measured: 0.23).
-    torch.manual_seed(0)
+def _train_digits(steps: int, lr: float, seed: int = 0) -> float:
+    """Test accuracy of a 2 x 64 SRC network after `steps` Adam steps (batch 64) on digits with
+    the encoding shortened to 5 + 40 steps; default init and readout."""
+    torch.manual_seed(seed)
     task = SpikingDigits(n_steps=40, n_empty=5)
-    net = SpikingNetwork(64, [64, 64], 10, weight_gain=4.0)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    net = SpikingNetwork(64, [64, 64], 10)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
         batch = task.batch(64, "train", gen)
         loss = task.loss(net(batch.x)[0], batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    correct, n = 0.0, 0
     with torch.no_grad():
-        accs = [
-            task.metrics(net(b.x)[0], b)["accuracy"] * len(b.y)
-            for b in task.iter_split("test", 200)
-        ]
-    assert sum(accs) / 359 > 0.2
+        for b in task.iter_split("test", 200):
+            correct += task.metrics(net(b.x)[0], b)["accuracy"] * len(b.y)
+            n += len(b.y)
+    return correct / n
+
+
+def test_digits_learns_well_above_chance():
+    # 150 steps at lr 0.01 (~6 s on an idle core). Measured test accuracy, seeds 0/1/2:
+    # 0.46 / 0.45 / 0.36; chance is 0.1.
+    assert _train_digits(150, lr=0.01) >= 0.3
+
+
+@pytest.mark.slow
+def test_digits_longer_run():
+    # 500 steps at lr 0.003 (~20 s on an idle core). Measured test accuracy (seed 0): 0.56.
+    # (At lr 0.01, 500 steps reached only 0.42: the rate is too high for longer runs.)
+    assert _train_digits(500, lr=0.003) >= 0.45

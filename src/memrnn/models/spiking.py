@@ -3,9 +3,11 @@
 De Geeter, Ernst, Drion, "Spike-based computation using classical recurrent neural networks"
 (https://arxiv.org/abs/2306.03623): input spikes -> SRC layers (spikes feed the next layer,
 no synaptic recurrence) -> readout o_t = α_o o_{t−1} + W_o s_t + b_o, and the loss is taken on
-the readout's last value. α_o = 0.9 by default (ours: the paper's readout is a leaky
-integrator; we use the same decay as the SRC input integrator, so the readout averages the
-last ~10 steps of spikes). The readout is linear in o, so it runs as one linear scan.
+the readout's last value. α_o = 0.98 by default (ours: the paper's readout is a leaky
+integrator without a stated decay). A neuron spikes at most every ~20 steps, so a readout
+averaging ~10 steps (α_o = 0.9) sees about one spike per neuron and its last value is mostly
+noise: on digits (2 × 64 neurons, 150 Adam steps) test accuracy went from 0.24 at α_o = 0.9 to
+0.46 at 0.98. The readout is linear in o, so it runs as one linear scan.
 
 Example:
     >>> net = SpikingNetwork(64, [32, 32], 10)
@@ -40,7 +42,7 @@ class SpikingConfig:
     input_size: int
     output_size: int
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
-    alpha_o: float = 0.9
+    alpha_o: float = 0.98
     straight_through: bool = False
     detach_recurrence: bool = False
     cell_kwargs: dict = field(default_factory=dict)
@@ -64,7 +66,7 @@ class SpikingNetwork(nn.Module):
         input_size: D, input channels.
         hidden_sizes: neurons per SRC layer (one entry per layer).
         output_size: readout size (number of classes).
-        alpha_o: readout decay α_o in [0, 1) (default 0.9).
+        alpha_o: readout decay α_o in [0, 1) (default 0.98, ours).
         straight_through, detach_recurrence: passed to every SRC layer (default False).
         **cell_kwargs: further SRC arguments (alpha_i, rho, r, r_s, ...).
 
@@ -79,7 +81,7 @@ class SpikingNetwork(nn.Module):
         input_size: int,
         hidden_sizes: Sequence[int],
         output_size: int,
-        alpha_o: float = 0.9,
+        alpha_o: float = 0.98,
         straight_through: bool = False,
         detach_recurrence: bool = False,
         device: torch.device | str | None = None,

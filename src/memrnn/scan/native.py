@@ -16,6 +16,7 @@ import ctypes
 import math
 import sys
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +27,9 @@ except ImportError:  # pragma: no cover - exercised by the fallback test through
     numba = None
 
 AVAILABLE = numba is not None
+# Rows of time prefetched at once by the backward kernel (measured: 32 rows 27 ms, 128 rows 23.5
+# ms, 512 rows 22.9 ms for B=16, T=4096, N=256; 128 keeps a block of 256 channels near L2 size).
+_BLOCK = 128
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14
 
@@ -47,6 +51,16 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex
 
 if AVAILABLE:
 
+    @njit(cache=True, nogil=True)
+    def _touch(x, i, t_lo, t_hi, m0, m1):  # pragma: no cover - compiled
+        """Reads rows t_lo..t_hi-1 of x[i, :, m0:m1] in ascending order, one load per line."""
+        total = 0.0
+        for t in range(t_lo, t_hi):
+            row = x[i, t, m0:m1]
+            for m in range(0, m1 - m0, 8):
+                total += abs(row[m])
+        return total
+
     def _forward_loop(a, b, h0, h, reverse, chunk):  # pragma: no cover - compiled
         B, T, M = b.shape
         step_b = 1 if a.shape[0] > 1 else 0
@@ -57,19 +71,19 @@ if AVAILABLE:
             m0 = (job % n_chunks) * chunk
             m1 = min(m0 + chunk, M)
             iba = ib * step_b
-            # Channels run in the same direction as time so that every stream is monotonic,
-            # which keeps the hardware prefetcher on track (measured 1.4x on descending scans).
-            ms, me, md = (m1 - 1, m0 - 1, -1) if reverse else (m0, m1, 1)
-            t = T - 1 if reverse else 0
-            ta = t * step_t
-            for m in range(ms, me, md):
-                h[ib, t, m] = a[iba, ta, m] * h0[ib, m] + b[ib, t, m]
-            for k in range(1, T):
+            # The running state lives in a private buffer: reading it back from h (which may
+            # alias a or b as far as the compiler knows) kept the loop from vectorising
+            # (measured 2x slower).
+            state = h0[ib, m0:m1].copy()
+            for k in range(T):
                 t = T - 1 - k if reverse else k
-                tp = t + 1 if reverse else t - 1
-                ta = t * step_t
-                for m in range(ms, me, md):
-                    h[ib, t, m] = a[iba, ta, m] * h[ib, tp, m] + b[ib, t, m]
+                a_row = a[iba, t * step_t, m0:m1]
+                b_row = b[ib, t, m0:m1]
+                h_row = h[ib, t, m0:m1]
+                for m in range(m1 - m0):
+                    value = a_row[m] * state[m] + b_row[m]
+                    state[m] = value
+                    h_row[m] = value
 
     def _backward_loop(a, h, h0, gh, g, da, dh0, reverse, chunk):  # pragma: no cover
         B, T, M = h.shape
@@ -80,40 +94,70 @@ if AVAILABLE:
             ib = job // n_chunks
             m0 = (job % n_chunks) * chunk
             m1 = min(m0 + chunk, M)
+            width = m1 - m0
             iba = ib * step_b
-            # The backward pass walks time in the opposite direction of the forward one.
-            ms, me, md = (m0, m1, 1) if reverse else (m1 - 1, m0 - 1, -1)
-            if step_t == 0:
-                # a is constant in time: dL/da accumulates over every step.
-                for m in range(ms, me, md):
-                    da[ib, 0, m] = 0
+            # carry = conj(a_next) * g_next: the part of g_t that flows back from the step
+            # after t in scan order. After the first step it is exactly dL/dh0.
+            carry = np.zeros(width, dtype=g.dtype)
+            # dL/da summed over time, used when a is constant in time.
+            total = np.zeros(width, dtype=g.dtype)
+            sink = 0.0
             # k indexes scan order; position p_k = k (forward) or T-1-k (reverse).
             for k in range(T - 1, -1, -1):
                 t = T - 1 - k if reverse else k
-                ta = t * step_t
-                if k == T - 1:
-                    for m in range(ms, me, md):
-                        g[ib, t, m] = gh[ib, t, m]
-                else:
-                    tn = t - 1 if reverse else t + 1
-                    tna = tn * step_t
-                    for m in range(ms, me, md):
-                        g[ib, t, m] = gh[ib, t, m] + a[iba, tna, m].conjugate() * g[ib, tn, m]
+                if not reverse and (k == T - 1 or k % _BLOCK == _BLOCK - 1):
+                    # Time runs downwards here, and several descending streams defeat the
+                    # hardware prefetcher (measured 4x slower than ascending): read the next
+                    # block of rows once in ascending order so that they come from cache.
+                    lo = max(0, k - _BLOCK + 1)
+                    sink += _touch(gh, ib, lo, k + 1, m0, m1)
+                    sink += _touch(h, ib, max(0, lo - 1), k, m0, m1)
+                    sink += _touch(g, ib, lo, k + 1, m0, m1)
+                    if step_t == 1:
+                        sink += _touch(a, iba, lo, k + 1, m0, m1)
+                        sink += _touch(da, ib, lo, k + 1, m0, m1)
                 if k == 0:
-                    for m in range(ms, me, md):
-                        contribution = g[ib, t, m] * h0[ib, m].conjugate()
-                        da[ib, ta, m] = contribution + (da[ib, ta, m] if step_t == 0 else 0)
+                    h_prev = h0[ib, m0:m1]
                 else:
-                    tp = t + 1 if reverse else t - 1
-                    if step_t == 0:
-                        for m in range(ms, me, md):
-                            da[ib, 0, m] += g[ib, t, m] * h[ib, tp, m].conjugate()
+                    h_prev = h[ib, t + 1 if reverse else t - 1, m0:m1]
+                a_row = a[iba, t * step_t, m0:m1]
+                gh_row = gh[ib, t, m0:m1]
+                g_row = g[ib, t, m0:m1]
+                # Channels run in the same direction as time (downwards unless reverse) so
+                # that every stream is monotonic for the hardware prefetcher.
+                if step_t == 0:
+                    if reverse:
+                        for m in range(width):
+                            grad = gh_row[m] + carry[m]
+                            g_row[m] = grad
+                            total[m] += grad * h_prev[m].conjugate()
+                            carry[m] = a_row[m].conjugate() * grad
                     else:
-                        for m in range(ms, me, md):
-                            da[ib, t, m] = g[ib, t, m] * h[ib, tp, m].conjugate()
-            t0 = T - 1 if reverse else 0
-            for m in range(m0, m1):
-                dh0[ib, m] = a[iba, t0 * step_t, m].conjugate() * g[ib, t0, m]
+                        for m in range(width - 1, -1, -1):
+                            grad = gh_row[m] + carry[m]
+                            g_row[m] = grad
+                            total[m] += grad * h_prev[m].conjugate()
+                            carry[m] = a_row[m].conjugate() * grad
+                else:
+                    da_row = da[ib, t, m0:m1]
+                    if reverse:
+                        for m in range(width):
+                            grad = gh_row[m] + carry[m]
+                            g_row[m] = grad
+                            da_row[m] = grad * h_prev[m].conjugate()
+                            carry[m] = a_row[m].conjugate() * grad
+                    else:
+                        for m in range(width - 1, -1, -1):
+                            grad = gh_row[m] + carry[m]
+                            g_row[m] = grad
+                            da_row[m] = grad * h_prev[m].conjugate()
+                            carry[m] = a_row[m].conjugate() * grad
+            dh0[ib, m0:m1] = carry
+            if sink < 0.0:
+                # Never true (a sum of magnitudes); keeps the prefetching loads alive.
+                dh0[ib, m0] = sink
+            if step_t == 0:
+                da[ib, 0, m0:m1] = total
 
 
 if AVAILABLE:

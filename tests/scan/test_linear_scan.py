@@ -300,3 +300,17 @@ def test_native_threaded_and_serial_paths(monkeypatch, threshold, dtype):
         for reverse in (False, True):
             expected = _run("reference", a, b, h0, reverse)
             _assert_close(_run("native", a, b, h0, reverse), expected, 1e-10)
+
+
+def test_auto_choice_is_not_spoiled_by_a_first_call_without_grad():
+    reset_backend_choice()
+    try:
+        a, b, h0 = _inputs(2, 9, 3, torch.float64)
+        with torch.inference_mode():
+            linear_scan(a, b, h0)
+        with torch.no_grad():
+            linear_scan(a, b, h0)
+        expected = "native" if native_mod.AVAILABLE else "tree"
+        assert resolve_backend(torch.device("cpu"), torch.float64) == expected
+    finally:
+        reset_backend_choice()

@@ -107,31 +107,39 @@ def _run(a: Tensor, b: Tensor, h0: Tensor, reverse: bool, backend: str) -> Tenso
 
 
 def _probe(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Runs a backend once on a small problem, forward and backward, against the reference."""
+    """Runs a backend once on a small problem, forward and backward, against the reference.
+
+    Gradients are switched on for the probe itself, so that a first call made under
+    `torch.no_grad()` or inference mode judges the backend, not the context.
+    """
     try:
-        gen = torch.Generator().manual_seed(0)
-        shape = (2, 5, 3)
-        if dtype.is_complex:
-            a = torch.randn(shape, generator=gen, dtype=dtype)
-            b = torch.randn(shape, generator=gen, dtype=dtype)
-        else:
-            a = torch.rand(shape, generator=gen, dtype=dtype)
-            b = torch.randn(shape, generator=gen, dtype=dtype)
-        a, b = a.to(device).requires_grad_(), b.to(device).requires_grad_()
-        h0 = torch.zeros(2, 3, dtype=dtype, device=device)
-        h = _run(a, b, h0, False, backend)
-        grad_a, grad_b = torch.autograd.grad(h.abs().sum(), (a, b))
-        h_ref = reference_scan(a, b, h0)
-        ref_a, ref_b = torch.autograd.grad(h_ref.abs().sum(), (a, b))
-        tol = 1e-3 if dtype in (torch.float32, torch.complex64) else 1e-8
-        ok = all(
-            torch.allclose(x, y, atol=tol, rtol=tol)
-            for x, y in ((h, h_ref), (grad_a, ref_a), (grad_b, ref_b))
-        )
+        with torch.inference_mode(False), torch.enable_grad():
+            return _probe_unguarded(backend, device, dtype)
     except Exception as err:  # noqa: BLE001 - any failure means "not usable here"
         log.debug("scan backend %r unusable on %s/%s: %r", backend, device, dtype, err)
         return False
-    return ok
+
+
+def _probe_unguarded(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 5, 3)
+    if dtype.is_complex:
+        a = torch.randn(shape, generator=gen, dtype=dtype)
+        b = torch.randn(shape, generator=gen, dtype=dtype)
+    else:
+        a = torch.rand(shape, generator=gen, dtype=dtype)
+        b = torch.randn(shape, generator=gen, dtype=dtype)
+    a, b = a.to(device).requires_grad_(), b.to(device).requires_grad_()
+    h0 = torch.zeros(2, 3, dtype=dtype, device=device)
+    h = _run(a, b, h0, False, backend)
+    grad_a, grad_b = torch.autograd.grad(h.abs().sum(), (a, b))
+    h_ref = reference_scan(a, b, h0)
+    ref_a, ref_b = torch.autograd.grad(h_ref.abs().sum(), (a, b))
+    tol = 1e-3 if dtype in (torch.float32, torch.complex64) else 1e-8
+    return all(
+        torch.allclose(x, y, atol=tol, rtol=tol)
+        for x, y in ((h, h_ref), (grad_a, ref_a), (grad_b, ref_b))
+    )
 
 
 def _candidates(device: torch.device, dtype: torch.dtype) -> list[str]:

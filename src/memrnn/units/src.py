@@ -270,7 +270,10 @@ def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
     if device.type != "cpu" or not src_native.AVAILABLE or dtype not in src_native.SUPPORTED_DTYPES:
         return "torch"
     if dtype not in _NATIVE_OK:
-        _NATIVE_OK[dtype] = _probe_native(dtype)
+        # Gradients on for the probe itself: a first call under no_grad or inference mode must
+        # judge the kernel, not the context (a failed probe is cached for the process).
+        with torch.inference_mode(False), torch.enable_grad():
+            _NATIVE_OK[dtype] = _probe_native(dtype)
     return "native" if _NATIVE_OK[dtype] else "torch"
 
 

@@ -193,3 +193,22 @@ def test_meta_state_matches_the_real_one(name: str) -> None:
     meta = _flatten(unit.init_state(B, device="meta"))
     real = _flatten(unit.init_state(B))
     assert [t.shape for t in meta] == [t.shape for t in real]
+
+
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_recurrence_stays_float32_under_autocast(name):
+    # bfloat16 autocast (available on CPU) must not reach decays, gates or the scan: the unit
+    # upcasts its input, runs in float32, and gives the float32 result.
+    torch.manual_seed(0)
+    cls = UNITS[name]
+    unit = cls(3, 4, **cls.example_kwargs)
+    x = torch.randn(2, 9, 3)
+    expected, expected_state = unit(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = unit(x.to(torch.bfloat16))
+        y_t, _ = unit.step(x[:, 0].to(torch.bfloat16))
+    assert y.dtype == torch.float32 and y_t.dtype == torch.float32
+    # The only difference allowed is the bfloat16 rounding of the input itself.
+    reference, _ = unit(x.to(torch.bfloat16).float())
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    assert expected.shape == y.shape and type(expected_state) is type(state)

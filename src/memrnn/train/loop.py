@@ -257,24 +257,6 @@ def prepare_run_dir(out: str | Path) -> Path:
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def _float32_units(model: nn.Module) -> None:
-    """Runs every recurrent unit of `model` in float32 with autocast off (for bf16 training):
-    the recurrence parameters, gates and scan accumulation stay in float32, while encoders,
-    MLPs and heads run in bfloat16."""
-    from memrnn.units.base import RecurrentUnit
-
-    for module in model.modules():
-        if not isinstance(module, RecurrentUnit) or "forward" in vars(module):
-            continue
-        inner = module.forward
-
-        def forward(x: Tensor, state: Any = None, _inner: Any = inner) -> Any:
-            with torch.autocast(x.device.type, enabled=False):
-                return _inner(x.float(), state)
-
-        module.forward = forward
-
-
 def _slice_batch(batch: Any, rows: slice) -> Any:
     return type(batch)(*(None if t is None else t[rows] for t in batch))
 
@@ -424,8 +406,8 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
             torch.manual_seed(shard_generator_seed(config.seed + state["step"], info.rank))
         start, best, elapsed = state["step"], state.get("best"), state.get("train_time", 0.0)
         skipped = state.get("skipped", 0)
-    if bf16:
-        _float32_units(model)
+    # Under bf16 autocast every unit keeps its recurrence in float32 by itself
+    # (memrnn.units.base); encoders, MLPs and heads run in bfloat16.
     ddp_model = wrap_ddp(model, info)
 
     logger = (

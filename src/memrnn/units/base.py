@@ -11,6 +11,7 @@ writes `init_state`, `step` and (when it has one) `_forward_parallel`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -65,6 +66,28 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...], owner: str) ->
     return value
 
 
+def _recurrence_in_float32(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Under autocast, runs a unit's forward/step with autocast off and half inputs upcast.
+
+    Mixed precision speeds up the projections around a unit, but decays, gates, thresholds and
+    scan accumulation must stay in float32 (SPEC.md section 3.1): a bfloat16 decay of 0.999
+    rounds to 1.0. Applied to `forward` and `step` of every RecurrentUnit subclass, so a unit
+    called from any code, not only the training loop, keeps its recurrence in float32.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: RecurrentUnit, x: Any, state: Any = None) -> Any:
+        if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                if x.dtype in (torch.float16, torch.bfloat16):
+                    x = x.float()
+                return method(self, x, state)
+        return method(self, x, state)
+
+    wrapper.__recurrence_in_float32__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class RecurrentUnit(nn.Module):
     """Base class: shared checks, the mode switch, and a step-by-step forward.
 
@@ -75,6 +98,15 @@ class RecurrentUnit(nn.Module):
 
     modes: tuple[str, ...] = ("parallel", "recurrent")
     registry_name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Subclasses that override forward or step get the same float32 guard as the base.
+        for name in ("forward", "step"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__recurrence_in_float32__", False):
+                setattr(cls, name, _recurrence_in_float32(method))
+
     example_kwargs: dict[str, Any] = {}  # noqa: RUF012 - replaced per class by register_unit
 
     def __init__(
@@ -197,6 +229,7 @@ class RecurrentUnit(nn.Module):
                 raise ValueError(f"{owner}: state.{field} has shape {got_str}; expected {ref_str}")
         return state
 
+    @_recurrence_in_float32
     def forward(self, x: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
         x = self.check_input(x)
         if state is None:
@@ -218,6 +251,7 @@ class RecurrentUnit(nn.Module):
         """The unchecked step; `step` checks its arguments and calls this."""
         raise NotImplementedError
 
+    @_recurrence_in_float32
     def step(self, x_t: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
         x_t = self.check_step_input(x_t)
         if state is None:

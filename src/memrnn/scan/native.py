@@ -8,13 +8,31 @@ jobs so that every thread owns whole time series and no two threads write the sa
 
 The backward kernel is fused: one reverse pass computes dL/db (the reverse scan), dL/da
 (accumulated in place when a is constant in time) and dL/dh0, reading only a, h and h0.
+
+Output cache: the outputs h, dL/db and dL/da of large scans (1 MiB or more) are placed in
+buffers that this module keeps and hands out again, once no tensor uses them any more, for the
+next output of the same size. A fresh buffer of tens of megabytes costs more to page-fault in
+than the scan costs to run (glibc gives large blocks back to the operating system on free, so
+every training step would fault its outputs in again; B=16, T=4096, N=256 float32 forward +
+backward: 37 ms without the cache, 15.5 ms with it). Cached buffers are aligned to and advised
+for 2 MiB huge pages. The cache holds at most its cap in bytes (256 MiB by default; see
+`output_cache_bytes()`), counting buffers in use and free ones, each with up to 2 MiB of
+alignment slack: that much memory may stay allocated after the outputs are freed. Free buffers
+are released least recently used first when room is needed, and outputs that do not fit come
+from ordinary allocations. Memory a tensor still uses, through any view, `.grad` or
+saved-for-backward reference, is never handed out. `set_output_cache(0)` (or the environment
+variable MEMRNN_SCAN_CACHE_BYTES=0) switches the cache off and releases what it holds.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
+import threading
+import weakref
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -168,20 +186,147 @@ if AVAILABLE:
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """torch.empty, with large buffers advised to use transparent huge pages.
+def _advise_huge_pages(address: int, nbytes: int) -> None:
+    """Asks for transparent huge pages on the whole 2 MiB pages inside [address, +nbytes).
 
     A fresh multi-megabyte buffer is page-faulted in 4 KiB pages on first write; for the
     scan's outputs that cost more than the scan itself (measured: 21 ms vs 4.5 ms to fault in
     64 MiB). Advice only: where madvise is unavailable nothing changes.
     """
-    out = torch.empty(shape, dtype=dtype)
-    nbytes = out.numel() * out.element_size()
-    if _madvise is not None and nbytes >= _HUGE_PAGE * 2:
-        start = (out.data_ptr() + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
-        end = (out.data_ptr() + nbytes) & ~(_HUGE_PAGE - 1)
-        if end > start:
-            _madvise(start, end - start, _MADV_HUGEPAGE)
+    if _madvise is None or nbytes < _HUGE_PAGE * 2:
+        return
+    start = (address + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+    end = (address + nbytes) & ~(_HUGE_PAGE - 1)
+    if end > start:
+        _madvise(start, end - start, _MADV_HUGEPAGE)
+
+
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.complex64: np.complex64,
+    torch.complex128: np.complex128,
+}
+# Outputs smaller than this come from the ordinary allocator, which is fast for them.
+CACHE_MIN_BYTES = 1 << 20
+
+
+class _Buffer:
+    """One cached block of memory, and a weak reference to the array last made on it."""
+
+    __slots__ = ("memory", "user", "nbytes")
+
+    def __init__(self, nbytes: int) -> None:
+        # Over-allocated to start on a huge-page boundary.
+        raw = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)
+        offset = -raw.ctypes.data % _HUGE_PAGE
+        self.memory = raw[offset : offset + nbytes]
+        self.nbytes = raw.nbytes
+        self.user: weakref.ref | None = None
+        _advise_huge_pages(self.memory.ctypes.data, nbytes)
+
+    def is_free(self) -> bool:
+        # The array given to torch.from_numpy lives exactly as long as the tensor storage made
+        # from it, which every view of those tensors shares.
+        return self.user is None or self.user() is None
+
+    def hand_out(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        array = self.memory[: math.prod(shape) * dtype.itemsize]
+        array = array.view(_NUMPY_DTYPES[dtype]).reshape(shape)
+        self.user = weakref.ref(array)
+        return torch.from_numpy(array)
+
+
+class _OutputCache:
+    """Buffers for large scan outputs, reused once every tensor on them has been freed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        # Least recently handed out first.
+        self._buffers: OrderedDict[int, _Buffer] = OrderedDict()
+        self._held = 0
+
+    def resize(self, max_bytes: int) -> None:
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._release(0, in_use_too=True)
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return self._held
+
+    def _release(self, needed: int, in_use_too: bool = False) -> bool:
+        """Drops buffers, least recently used first, until `needed` more bytes fit.
+
+        Free buffers go first; with `in_use_too`, buffers in use are then forgotten as well
+        (their memory is freed with the last tensor on it). Returns whether `needed` fits.
+        """
+        passes = (True, False) if in_use_too else (True,)
+        for free_only in passes:
+            for key in list(self._buffers):
+                if self._held + needed <= self.max_bytes:
+                    return True
+                buffer = self._buffers[key]
+                if buffer.is_free() or not free_only:
+                    del self._buffers[key]
+                    self._held -= buffer.nbytes
+        return self._held + needed <= self.max_bytes
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < CACHE_MIN_BYTES or nbytes + _HUGE_PAGE > self.max_bytes:
+            return None
+        with self._lock:
+            for key, buffer in self._buffers.items():
+                if buffer.memory.nbytes == nbytes and buffer.is_free():
+                    self._buffers.move_to_end(key)
+                    return buffer.hand_out(shape, dtype)
+            if not self._release(nbytes + _HUGE_PAGE):
+                return None
+            buffer = _Buffer(nbytes)
+            self._buffers[id(buffer)] = buffer
+            self._held += buffer.nbytes
+            return buffer.hand_out(shape, dtype)
+
+
+def _default_cache_bytes() -> int:
+    value = os.environ.get("MEMRNN_SCAN_CACHE_BYTES")
+    if value is None:
+        return 256 << 20
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise ValueError(
+            f"MEMRNN_SCAN_CACHE_BYTES must be a whole number of bytes, got {value!r}"
+        ) from None
+
+
+_CACHE = _OutputCache(_default_cache_bytes())
+
+
+def set_output_cache(max_bytes: int) -> None:
+    """Caps the memory kept for reusing scan outputs (0 switches the cache off).
+
+    Free buffers beyond the new cap are released at once; buffers still in use stay with
+    their tensors.
+    """
+    if not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"set_output_cache: max_bytes must be an int >= 0, got {max_bytes!r}")
+    _CACHE.resize(max_bytes)
+
+
+def output_cache_bytes() -> tuple[int, int]:
+    """(bytes the output cache holds now, in use or free; its cap in bytes)."""
+    return _CACHE.held_bytes(), _CACHE.max_bytes
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised output: a cached buffer when one is free, else a fresh allocation."""
+    out = _CACHE.empty(shape, dtype)
+    if out is None:
+        out = torch.empty(shape, dtype=dtype)
+        _advise_huge_pages(out.data_ptr(), out.numel() * out.element_size())
     return out
 
 
@@ -254,4 +399,12 @@ def warm_up() -> None:
         PARALLEL_MIN_ELEMENTS = saved
 
 
-__all__ = ["AVAILABLE", "SUPPORTED_DTYPES", "native_scan", "native_scan_backward", "warm_up"]
+__all__ = [
+    "AVAILABLE",
+    "SUPPORTED_DTYPES",
+    "native_scan",
+    "native_scan_backward",
+    "output_cache_bytes",
+    "set_output_cache",
+    "warm_up",
+]

@@ -6,8 +6,10 @@ for long sequences" (ICML 2023), https://arxiv.org/abs/2303.06349 (SPEC.md secti
     x_t = λ ⊙ x_{t−1} + γ ⊙ (B u_t),   y_t = Re(C x_t) + D ⊙ u_t,   x ∈ ℂ^N, u, y ∈ ℝ^H
     λ = exp(−exp(ν) + i·exp(θ)),       γ = √(1 − |λ|²) (normalisation, stored as log γ)
 
-Since λ does not depend on time, the parallel mode is one `linear_scan` with a of shape
-(1, 1, N) broadcast over batch and time.
+The parallel mode (`memrnn.units.lru_native.lru_layer`) keeps the complex numbers as real
+pairs, so that B u and Re(C h) are one real GEMM each; on CPU the recurrence with the constant
+λ is one compiled kernel per pass, elsewhere one `linear_scan` with a of shape (1, 1, N)
+broadcast over batch and time.
 
 Precision (ours): the decay rate exp(ν) is floored at the machine epsilon of the recurrence
 dtype so that |λ| < 1 also holds after rounding (otherwise a very negative ν gives |λ| == 1).
@@ -22,13 +24,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memrnn.scan import linear_scan
 from memrnn.units.base import (
     RecurrentUnit,
     check_positive_int,
     mark_no_weight_decay,
     register_unit,
 )
+from memrnn.units.lru_native import lru_layer
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -211,11 +213,23 @@ class LRU(RecurrentUnit):
         return y if self.out_proj is None else self.out_proj(y)
 
     def _forward_parallel(self, x: Tensor, state: LRUState) -> tuple[Tensor, LRUState]:
+        # Complex numbers as [real | imaginary] halves of a real axis (see lru_native), so
+        # that B u and Re(C h) are one real GEMM each and the recurrence one fused kernel.
         u = self._input(x)  # (B, T, H)
-        drive = self._drive(u)  # (B, T, N)
-        decay = self.eigenvalues().reshape(1, 1, -1)  # (1, 1, N)
-        h, h_last = linear_scan(decay, drive, state.h.to(drive.dtype))
-        return self._readout(h, u, u.dtype), LRUState(h_last)
+        real, N = self.nu.dtype, self.state_size
+        h0 = state.h.to(self._complex_dtype())
+        y, h_last = lru_layer(
+            u.to(real),
+            torch.cat([self.B_re, self.B_im]).to(real),  # (2N, H)
+            torch.view_as_real(self.eigenvalues()).T,  # (2, N)
+            torch.exp(self.gamma_log),
+            torch.cat([h0.real, h0.imag], dim=-1),  # (B, 2N)
+            torch.cat([self.C_re, -self.C_im], dim=1).to(real),  # (H, 2N)
+            self.D.to(real),
+        )  # (B, T, H), (B, 2N)
+        y = y.to(u.dtype)
+        y = y if self.out_proj is None else self.out_proj(y)
+        return y, LRUState(torch.complex(h_last[:, :N], h_last[:, N:]))
 
     def _step(self, x_t: Tensor, state: LRUState) -> tuple[Tensor, LRUState]:
         u = self._input(x_t)  # (B, H)

@@ -220,3 +220,15 @@ def test_invalid_cap_errors(monkeypatch):
         native_mod._default_cache_bytes()
     monkeypatch.setenv("MEMRNN_SCAN_CACHE_BYTES", "0")
     assert native_mod._default_cache_bytes() == 0
+
+
+def test_threaded_and_serial_builds_are_cached_apart():
+    # numba's disk cache does not key entries by compile options: builds sharing a name would
+    # load each other's code (the threaded scan then ran on one thread).
+    for threaded, serial in (
+        (native_mod._forward_threaded, native_mod._forward_serial),
+        (native_mod._backward_threaded, native_mod._backward_serial),
+    ):
+        assert threaded.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+        assert threaded.py_func.__qualname__ != serial.py_func.__qualname__
+        assert threaded.py_func.__code__ is serial.py_func.__code__

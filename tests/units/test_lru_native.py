@@ -70,14 +70,21 @@ def test_native_layer_equals_torch_layer(dtype, with_h0, T):
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_threaded_kernels_equal_serial(monkeypatch, dtype):
-    # B=1 also splits the channels into chunks, one job per thread.
-    args = _arguments(1, 300, 4, 200, dtype, with_h0=True)
-    results = []
-    for threshold in (0, 1 << 40):
-        monkeypatch.setattr(lru_native, "PARALLEL_MIN_ELEMENTS", threshold)
-        results.append(_run(lru_layer, args))
-    _assert_same(results[0], results[1], dtype)
+@pytest.mark.parametrize("rows", [1, 5, 16, 64])
+def test_chunks_across_batch_rows(monkeypatch, dtype, rows):
+    # Chunks of 5 and 64 rows start and end inside batch rows of 16 steps and span several.
+    monkeypatch.setattr(lru_native, "CHUNK_ROWS", rows)
+    args = _arguments(5, 16, 4, 3, dtype, with_h0=True)
+    _assert_same(_run(lru_layer, args), _run(lru_layer_torch, args), dtype)
+
+
+@needs_numba
+def test_non_contiguous_input():
+    args = _arguments(3, 7, 4, 3, F64, with_h0=True)
+    u = args[0].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    assert not u.is_contiguous()
+    args = [u, *args[1:]]
+    _assert_same(_run(lru_layer, args), _run(lru_layer_torch, args), F64)
 
 
 @needs_numba
@@ -157,5 +164,6 @@ def test_native_forward_errors(monkeypatch, available, tensor, match):
     monkeypatch.setattr(lru_native, "AVAILABLE", available)
     lam = torch.zeros(2, 1, dtype=tensor.dtype, device=tensor.device)
     gamma = torch.zeros(1, dtype=tensor.dtype, device=tensor.device)
+    weight = torch.zeros(2, 2, dtype=tensor.dtype, device=tensor.device)
     with pytest.raises(RuntimeError, match=match):
-        lru_native.lru_native_forward(tensor, lam, gamma, tensor[:, 0])
+        lru_native.lru_native_layer(tensor, weight, lam, gamma, tensor[:, 0], weight, lam[0])

@@ -14,8 +14,7 @@ registers) is a compiled kernel, and the whole layer is one autograd node. It wa
 flattened (B T) rows in chunks of `CHUNK_ROWS`: per chunk one GEMM, the kernel, one GEMM, so
 that p (and in the backward pass ∂L/∂h and g) never leave the cache; the state and the
 gradient carry persist between chunks in (B, 2N) buffers. Only u, h and the parameters are
-saved for the backward pass (B=16, T=1024, N=H=128, float32, 2-core CPU: forward + backward of
-the layer 49 ms as whole-tensor GEMMs around whole-tensor kernels, 38 ms in chunks).
+saved for the backward pass.
 
 Backward, walking t = T−1 … 0 with c the gradient reaching h_t from later steps (initially that
 of the final state), in PyTorch's convention for complex gradients (dL/dRe + i dL/dIm):
@@ -50,10 +49,13 @@ except ImportError:  # pragma: no cover - exercised by the fallback test through
 AVAILABLE = numba is not None
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
-# Rows of the flattened (B T) axis per chunk: 1024 rows of p and h (1 MiB each in float32 at
-# N = 128) stay in cache between the GEMMs and the kernel (measured, B=16, T=1024, N=H=128,
-# layer forward + backward: 38 ms with 1024 rows, 40 ms with 2048, 49 ms unchunked).
-CHUNK_ROWS = 1024
+# Rows of the flattened (B T) axis per chunk: 2048 rows of p and h (2 MiB each in float32 at
+# N = 128) stay in cache between the GEMMs and the kernel. Measured on the 2-core machine,
+# B=16, T=1024, N=H=128, training step: 40-42 ms with 1024 or 2048 rows, 43-46 ms unchunked;
+# under load from other processes 2048 rows did best (59 ms; 62, 67, 71 ms with 1024, 512,
+# 256 rows), as every GEMM call is a parallel region that waits for its slowest thread. The
+# kernels themselves are single-threaded: a chunk takes them 0.1-0.2 ms.
+CHUNK_ROWS = 2048
 # Rows summed in the tensors' dtype before a partial sum is added into a float64 total.
 _BLOCK = 128
 

@@ -111,7 +111,10 @@ def test_unused_outputs_and_broadcast_gradients():
 
 
 @needs_numba
-def test_no_grad_forward_matches():
+@pytest.mark.parametrize("rows", [5, 2048])
+def test_no_grad_forward_matches(monkeypatch, rows):
+    # Without a backward pass coming, h is kept one chunk at a time.
+    monkeypatch.setattr(lru_native, "CHUNK_ROWS", rows)
     args = [a.detach() for a in _arguments(2, 11, 3, 4, F64, with_h0=True)]
     with torch.no_grad():
         y, h_last = lru_layer(*args)

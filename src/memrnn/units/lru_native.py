@@ -63,8 +63,9 @@ if AVAILABLE:
 
     @njit(cache=True, nogil=True)
     def _forward_rows(p, r0, T, lam, gamma, state, h):  # pragma: no cover - compiled
-        """h for the rows r0 … r0 + len(p) − 1 of the flattened (B T) axis, from the chunk p
-        (rows, 2N); `state` (B, 2N) holds each batch row's h before the chunk, and after it."""
+        """h (rows, 2N) for the rows r0 … r0 + len(p) − 1 of the flattened (B T) axis, from the
+        chunk p (rows, 2N); `state` (B, 2N) holds each batch row's h before the chunk, and
+        after it."""
         R, N2 = p.shape
         N = N2 // 2
         lr = lam[0].copy()
@@ -82,8 +83,8 @@ if AVAILABLE:
             for j in range(n):
                 pr = p[r + j, :N]
                 pi = p[r + j, N:]
-                hr = h[row + j, :N]
-                hi = h[row + j, N:]
+                hr = h[r + j, :N]
+                hi = h[r + j, N:]
                 for k in range(N):
                     a = lr[k] * sr[k] - li[k] * si[k] + gm[k] * pr[k]
                     c = lr[k] * si[k] + li[k] * sr[k] + gm[k] * pi[k]
@@ -188,19 +189,24 @@ class _LRULayer(torch.autograd.Function):
         N2 = w_in.shape[0]
         u = u.contiguous()
         u2 = u.view(B * T, H)
-        h = _empty((B, T, N2), u.dtype)
+        rows = min(CHUNK_ROWS, B * T)
+        # h is kept for the backward pass only when one is coming; else one chunk of it.
+        save = any(ctx.needs_input_grad)
+        h = _empty((B, T, N2), u.dtype) if save else torch.empty(1, rows, N2, dtype=u.dtype)
         y = _empty((B, T, H), u.dtype)
-        h2, y2 = h.view(B * T, N2), y.view(B * T, H)
+        h2, y2 = h.view(-1, N2), y.view(B * T, H)
         state = h0.detach().clone(memory_format=torch.contiguous_format)
-        p = torch.empty(min(CHUNK_ROWS, B * T), N2, dtype=u.dtype)
-        lam_a, gamma_a, state_a, h_a = _arr(lam), _arr(gamma), state.numpy(), h2.numpy()
+        p = torch.empty(rows, N2, dtype=u.dtype)
+        lam_a, gamma_a, state_a = _arr(lam), _arr(gamma), state.numpy()
         for r0, r1 in _chunks(B * T):
             p_c = p[: r1 - r0]
+            h_c = h2[r0:r1] if save else h2[: r1 - r0]
             torch.mm(u2[r0:r1], w_in.T, out=p_c)
-            _forward_rows(p_c.numpy(), r0, T, lam_a, gamma_a, state_a, h_a)
+            _forward_rows(p_c.numpy(), r0, T, lam_a, gamma_a, state_a, h_c.numpy())
             torch.mul(u2[r0:r1], d, out=y2[r0:r1])
-            y2[r0:r1].addmm_(h2[r0:r1], w_out.T)
-        ctx.save_for_backward(u, w_in, lam, gamma, h0, w_out, d, h)
+            y2[r0:r1].addmm_(h_c, w_out.T)
+        if save:
+            ctx.save_for_backward(u, w_in, lam, gamma, h0, w_out, d, h)
         return y, state
 
     @staticmethod

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from memrnn.scan.jit import compile_pair
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
     import numba
-    from numba import njit, prange
+    from numba import prange
 except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
     numba = None
 
@@ -77,11 +78,8 @@ if AVAILABLE:
             dh0[ib, m0:m1] = carry
 
     # error_model="numpy": no zero-division checks in the loops (see memrnn.units.mru_native).
-    _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
-    _forward_threaded = njit(parallel=True, **_OPTIONS)(_forward_loop)
-    _forward_serial = njit(**_OPTIONS)(_forward_loop)
-    _backward_threaded = njit(parallel=True, **_OPTIONS)(_backward_loop)
-    _backward_serial = njit(**_OPTIONS)(_backward_loop)
+    _forward_threaded, _forward_serial = compile_pair(_forward_loop, error_model="numpy")
+    _backward_threaded, _backward_serial = compile_pair(_backward_loop, error_model="numpy")
 
 
 def supports(p: Tensor) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from memrnn.scan.jit import compile_pair
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -148,11 +149,8 @@ if AVAILABLE:
     # Threaded for large problems, single-threaded for small ones (see memrnn.scan.native).
     # error_model="numpy": no zero-division checks, which kept the loops from vectorising
     # (backward kernel at B = 16, T = 1024, N = 128: 44 ms with them, 5 ms without).
-    _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
-    _forward_threaded = njit(parallel=True, **_OPTIONS)(_forward_loop)
-    _forward_serial = njit(**_OPTIONS)(_forward_loop)
-    _backward_threaded = njit(parallel=True, **_OPTIONS)(_backward_loop)
-    _backward_serial = njit(**_OPTIONS)(_backward_loop)
+    _forward_threaded, _forward_serial = compile_pair(_forward_loop, error_model="numpy")
+    _backward_threaded, _backward_serial = compile_pair(_backward_loop, error_model="numpy")
 
 
 def supports(c: Tensor, surrogate: object) -> bool:

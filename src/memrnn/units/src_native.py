@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from memrnn.scan.jit import compile_pair
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -266,14 +267,8 @@ if AVAILABLE:
 
     # Compiled lazily per dtype, threaded for large problems and single-threaded for small
     # ones (see memrnn.scan.native), and cached on disk.
-    _forward_threaded = njit(parallel=True, cache=True, nogil=True, error_model="numpy")(
-        _forward_loop
-    )
-    _forward_serial = njit(cache=True, nogil=True, error_model="numpy")(_forward_loop)
-    _backward_threaded = njit(parallel=True, cache=True, nogil=True, error_model="numpy")(
-        _backward_loop
-    )
-    _backward_serial = njit(cache=True, nogil=True, error_model="numpy")(_backward_loop)
+    _forward_threaded, _forward_serial = compile_pair(_forward_loop, error_model="numpy")
+    _backward_threaded, _backward_serial = compile_pair(_backward_loop, error_model="numpy")
 
 
 def _check(t: Tensor) -> None:

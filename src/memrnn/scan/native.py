@@ -31,13 +31,14 @@ import math
 import os
 import sys
 import threading
-import types
 import weakref
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from memrnn.scan.jit import compile_pair
 
 try:
     import numba
@@ -174,29 +175,13 @@ if AVAILABLE:
                 da[ib, 0, m0:m1] = total
 
 
-def _compile(fn, parallel: bool):
-    """njit(fn), threaded or not, cached on disk under a name of its own.
-
-    numba's disk cache keys compiled code by function name and signature, not by options such
-    as `parallel`: compiling one function both ways made whichever build was cached first
-    serve both (measured: the threaded forward scan running on one thread, 10 ms instead of 5).
-    """
-    suffix = "_threaded" if parallel else "_serial"
-    copy = types.FunctionType(
-        fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
-    )
-    copy.__qualname__ = fn.__qualname__ + suffix
-    return njit(parallel=parallel, cache=True, nogil=True)(copy)
-
-
 if AVAILABLE:
     # Each kernel is compiled twice: threaded for large problems and single-threaded for small
     # ones, where waking worker threads costs more than the work (and, on an oversubscribed
-    # machine, can stall a microsecond scan for milliseconds).
-    _forward_threaded = _compile(_forward_loop, parallel=True)
-    _forward_serial = _compile(_forward_loop, parallel=False)
-    _backward_threaded = _compile(_backward_loop, parallel=True)
-    _backward_serial = _compile(_backward_loop, parallel=False)
+    # machine, can stall a microsecond scan for milliseconds); see memrnn.scan.jit for why
+    # each build has a name of its own.
+    _forward_threaded, _forward_serial = compile_pair(_forward_loop)
+    _backward_threaded, _backward_serial = compile_pair(_backward_loop)
 
 # Problems with fewer elements than this run single-threaded (about 0.1 ms of streaming).
 PARALLEL_MIN_ELEMENTS = 1 << 18

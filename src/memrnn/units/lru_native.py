@@ -228,16 +228,19 @@ class _LRULayer(torch.autograd.Function):
         scale = gamma.repeat(2).unsqueeze(1)  # (2N, 1): Γ
         du = _empty((B, T, H), dtype) if ctx.needs_input_grad[0] else None
         w_in_scaled = scale * w_in if du is not None else None
-        arrays = (_arr(lam), h2.numpy(), _arr(h0), carry.numpy())
+        lam_a, h_a, h0_a, carry_a, dlam_a = (
+            _arr(lam),
+            h2.numpy(),
+            _arr(h0),
+            carry.numpy(),
+            dlam.numpy(),
+        )
         for r0, r1 in reversed(_chunks(B * T)):
             gh_c, g_c = gh[: r1 - r0], g[: r1 - r0]
             torch.mm(gy2[r0:r1], w_out, out=gh_c)
             # Before the kernel, so that it finds these rows of h in cache.
             dw_out.addmm_(gy2[r0:r1].T, h2[r0:r1])
-            lam_a, h_a, h0_a, carry_a = arrays
-            _backward_rows(
-                gh_c.numpy(), r0, T, lam_a, h_a, h0_a, carry_a, g_c.numpy(), dlam.numpy()
-            )
+            _backward_rows(gh_c.numpy(), r0, T, lam_a, h_a, h0_a, carry_a, g_c.numpy(), dlam_a)
             g_u.addmm_(g_c.T, u2[r0:r1])
             if du is not None:
                 du2 = du.view(B * T, H)[r0:r1]

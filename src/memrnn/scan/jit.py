@@ -19,6 +19,16 @@ except ImportError:  # pragma: no cover - callers check their AVAILABLE flag fir
     njit = None
 
 
+if njit is not None:
+
+    @njit(inline="always")
+    def job_bounds(job, n_chunks, chunk, width):  # pragma: no cover - compiled
+        """(batch row, first channel, end channel) of job `job` of a (batch x channel-chunk)
+        split: the way every kernel here shares its work between threads."""
+        m0 = (job % n_chunks) * chunk
+        return job // n_chunks, m0, min(m0 + chunk, width)
+
+
 def compile_kernel(fn: Callable, parallel: bool, **options: object) -> Callable:
     """njit(fn) with `parallel` and `options`, cached on disk under fn's name + a suffix."""
     suffix = "_threaded" if parallel else "_serial"
@@ -34,4 +44,4 @@ def compile_pair(fn: Callable, **options: object) -> tuple[Callable, Callable]:
     return compile_kernel(fn, True, **options), compile_kernel(fn, False, **options)
 
 
-__all__ = ["compile_kernel", "compile_pair"]
+__all__ = ["compile_kernel", "compile_pair", "job_bounds"]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.scan.jit import compile_pair
+from memrnn.scan.jit import compile_pair, job_bounds
 
 try:
     import numba
@@ -87,9 +87,7 @@ if AVAILABLE:
         step_t = 1 if a.shape[1] > 1 else 0
         n_chunks = (M + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, M)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, M)
             iba = ib * step_b
             # The running state lives in a private buffer: reading it back from h (which may
             # alias a or b as far as the compiler knows) kept the loop from vectorising
@@ -122,9 +120,7 @@ if AVAILABLE:
         step_t = 1 if a.shape[1] > 1 else 0
         n_chunks = (M + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, M)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, M)
             width = m1 - m0
             iba = ib * step_b
             # carry = conj(a_next) * g_next: the part of g_t that flows back from the step

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.scan.jit import compile_pair
+from memrnn.scan.jit import compile_pair, job_bounds
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -38,9 +38,7 @@ if AVAILABLE:
         B, T, H = z.shape
         n_chunks = (H + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, H)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, H)
             state = h0[ib, m0:m1].copy()
             for t in range(T):
                 z_row = z[ib, t, m0:m1]
@@ -56,9 +54,7 @@ if AVAILABLE:
         B, T, H = z.shape
         n_chunks = (H + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, H)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, H)
             width = m1 - m0
             # Private carry (see memrnn.scan.native on why not accumulate in an output).
             carry = np.zeros(width, dtype=h.dtype)

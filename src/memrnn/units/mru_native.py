@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.scan.jit import compile_pair
+from memrnn.scan.jit import compile_pair, job_bounds
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -88,9 +88,7 @@ if AVAILABLE:
         step_t = 1 if beta.shape[1] > 1 else 0
         n_chunks = (M + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, M)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, M)
             width = m1 - m0
             # Private state and write counter: see memrnn.scan.native on why not read h back.
             state = h0[ib, m0:m1].copy()
@@ -118,9 +116,7 @@ if AVAILABLE:
         step_t = 1 if beta.shape[1] > 1 else 0
         n_chunks = (M + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, M)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, M)
             width = m1 - m0
             # carry = a_{t+1} g_{t+1}: the gradient flowing back from the next step.
             carry = np.zeros(width, dtype=h.dtype)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.scan.jit import compile_pair
+from memrnn.scan.jit import compile_pair, job_bounds
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -140,9 +140,7 @@ if AVAILABLE:
         z_hyp, dz = consts[4], consts[5]
         n_chunks = (N + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, N)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, N)
             L = m1 - m0
             # Row views indexed from 0 keep numba's negative-index handling out of the inner
             # loops, which would otherwise stop LLVM from vectorising them.
@@ -220,9 +218,7 @@ if AVAILABLE:
         alpha = consts[0]
         n_chunks = (N + chunk - 1) // chunk
         for job in prange(B * n_chunks):
-            ib = job // n_chunks
-            m0 = (job % n_chunks) * chunk
-            m1 = min(m0 + chunk, N)
+            ib, m0, m1 = job_bounds(job, n_chunks, chunk, N)
             L = m1 - m0
             # gi: the gradient reaching i_t from later steps (α_i dL/di_{t+1}, or the final
             # state's at t = T−1); gb accumulates dL/db in float64. Row views as in the forward.

@@ -185,8 +185,12 @@ def run_one(
     run_dir: Path,
     device: str,
     data_dir: str | None,
+    fresh: bool = False,
 ) -> list[dict[str, Any]]:
+    """Trains (or, unless `fresh`, resumes from the last intact checkpoint in `run_dir`, so a
+    killed experiment redoes no finished run) and evaluates one (model, value, seed)."""
     from memrnn.train import build_task, evaluate, resolve_config, train
+    from memrnn.train.checkpoint import CheckpointError, find_good_checkpoint
 
     spec = cfg["models"][label]
     task_kwargs = merge(cfg.get("task_kwargs") or {}, spec.get("task_kwargs") or {})
@@ -202,6 +206,13 @@ def run_one(
         raise ExperimentError(
             f"{cfg['name']}: unknown train key(s) {unknown}; expected some of {RUN_KEYS}"
         )
+    resume = False
+    if not fresh and run_dir.is_dir():
+        try:
+            find_good_checkpoint(run_dir, "last")
+            resume = True
+        except (FileNotFoundError, CheckpointError):
+            resume = False
     config = resolve_config(
         overrides={
             **train_keys,
@@ -214,6 +225,7 @@ def run_one(
             "tensorboard": False,
             "model_overrides": overrides,
             "task_kwargs": task_kwargs,
+            "resume": resume,
         },
         overrides_are_text=False,
     )
@@ -447,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", default=None, help="folder of the dataset files")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="retrain every run from scratch (default: resume each run from its checkpoint)",
+    )
     args = parser.parse_args(argv)
     if args.list or not args.name:
         for name in list_experiments():
@@ -492,7 +509,15 @@ def main(argv: list[str] | None = None) -> int:
                     tag = "all" if value is None else f"{sweep_key}{value}"
                     run_dir = out / "runs" / tag / label / f"seed{seed}"
                     new = run_one(
-                        cfg, label, sweep_key, value, seed, run_dir, args.device, args.data_dir
+                        cfg,
+                        label,
+                        sweep_key,
+                        value,
+                        seed,
+                        run_dir,
+                        args.device,
+                        args.data_dir,
+                        fresh=args.fresh,
                     )
                     rows += new
                     if metrics is None:

@@ -94,3 +94,35 @@ def test_quick_experiment_runs(tmp_path: Path) -> None:
     assert "QUICK" in text
     for label in ("bmru", "lru", "hybrid-parallel", "hybrid-alternating"):
         assert f"| {label} |" in text
+
+
+def test_rerun_resumes_finished_runs_and_fresh_retrains(tmp_path: Path) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {train_len: 12, delay: 2}\n"
+        "model_overrides: {d_model: 8, n_layers: 1}\n"
+        "models: {bmru: {model: bmru-small}}\n"
+        "train: {steps: 4, batch_size: 4, warmup: 1, log_every: 2, eval_samples: 8}\n"
+        "evals: [{name: test, samples: 16}]\nseeds: [0]\n"
+    )
+    out = tmp_path / "out"
+
+    def rows() -> list[dict[str, str]]:
+        with open(out / "results.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    assert run.main([str(cfg), "--out", str(out)]) == 0
+    first = rows()
+    log = out / "runs" / "all" / "bmru" / "seed0" / "metrics.csv"
+    logged = log.read_text()
+    # A second invocation finds the finished checkpoint: no step is trained again, the
+    # evaluation of the same weights is the same, and the run's training time is kept.
+    assert run.main([str(cfg), "--out", str(out)]) == 0
+    again = rows()
+    assert again[0]["loss"] == first[0]["loss"] and again[0]["steps"] == "4"
+    assert again[0]["train_s"] == first[0]["train_s"]
+    assert log.read_text() == logged
+    # --fresh trains from step 0 (same seed: the same weights, a new training time).
+    assert run.main([str(cfg), "--out", str(out), "--fresh"]) == 0
+    assert rows()[0]["loss"] == first[0]["loss"]
+    assert rows()[0]["train_s"] != first[0]["train_s"]

@@ -375,6 +375,12 @@ def plot(
     return path
 
 
+def run_time(rows: list[dict[str, Any]]) -> float:
+    """Training time summed over the runs of `rows` (each run once, whatever its evals)."""
+    runs = {(r["model"], str(r["value"]), r["seed"]): float(r["train_s"]) for r in rows}
+    return sum(runs.values())
+
+
 def write_outputs(
     cfg: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -401,7 +407,9 @@ def write_outputs(
         f"- machine: {meta['machine']}",
         f"- torch {meta['torch']}, commit {meta['commit']}, finished {meta['date']}",
         f"- seeds: {', '.join(map(str, meta['seeds']))}; training steps per run: "
-        f"{cfg.get('train', {}).get('steps', 'default')}; total wall time {meta['wall_s']:.0f} s",
+        f"{cfg.get('train', {}).get('steps', 'default')}; wall time of this invocation "
+        f"{meta['wall_s']:.0f} s; training time summed over runs {run_time(rows):.0f} s "
+        "(a resumed run counts its earlier invocations too)",
         f"- task: `{cfg['task']}` {cfg.get('task_kwargs') or ''}".rstrip(),
     ]
     if meta.get("note"):

@@ -84,6 +84,7 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert {r["eval"] for r in rows} == {"short", "long"}
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| bmru |" in md and "seeds: 0, 1" in md and "±" in md
+    assert "training time summed over runs" in md
     assert (tmp_path / "out" / "results.png").is_file()
 
 

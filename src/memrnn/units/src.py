@@ -45,7 +45,9 @@ Implementation notes (ours):
   took up to seconds per optimiser step when b_h approached the bifurcation.)
 - Options (both off by default): `straight_through` passes the output gradient through the
   ReLU unchanged; `detach_recurrence` detaches h_{t−1} and hs_{t−1} where they enter step t,
-  so gradients flow through time only via the input integrator i.
+  so gradients flow through time only via the input integrator i. On rate-encoded digits,
+  networks of 3-4 layers train only with it (experiments/results/src-depth: 0.94 vs 0.25
+  test accuracy at depth 3).
 
 Args:
     input_size: D, number of input channels (spikes of the previous layer).

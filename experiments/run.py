@@ -176,6 +176,17 @@ def spike_rates(model: torch.nn.Module) -> dict[str, float]:
     }
 
 
+def has_good_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds an intact `last` (or fallback) checkpoint to resume from."""
+    from memrnn.train.checkpoint import CheckpointError, find_good_checkpoint
+
+    try:
+        find_good_checkpoint(run_dir, "last")
+    except (FileNotFoundError, CheckpointError):
+        return False
+    return True
+
+
 def run_one(
     cfg: dict[str, Any],
     label: str,
@@ -190,7 +201,6 @@ def run_one(
     """Trains (or, unless `fresh`, resumes from the last intact checkpoint in `run_dir`, so a
     killed experiment redoes no finished run) and evaluates one (model, value, seed)."""
     from memrnn.train import build_task, evaluate, resolve_config, train
-    from memrnn.train.checkpoint import CheckpointError, find_good_checkpoint
 
     spec = cfg["models"][label]
     task_kwargs = merge(cfg.get("task_kwargs") or {}, spec.get("task_kwargs") or {})
@@ -206,13 +216,7 @@ def run_one(
         raise ExperimentError(
             f"{cfg['name']}: unknown train key(s) {unknown}; expected some of {RUN_KEYS}"
         )
-    resume = False
-    if not fresh and run_dir.is_dir():
-        try:
-            find_good_checkpoint(run_dir, "last")
-            resume = True
-        except (FileNotFoundError, CheckpointError):
-            resume = False
+    resume = not fresh and has_good_checkpoint(run_dir)
     config = resolve_config(
         overrides={
             **train_keys,

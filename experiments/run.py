@@ -5,6 +5,7 @@
     python -m experiments.run copy-first-input --seeds 0 1 2           # the full experiment
     python -m experiments.run psmnist --data-dir ~/data/mnist          # tasks read from files
     python -m experiments.run <name> --models bmru,lru --out /tmp/x    # a subset, elsewhere
+    python -m experiments.run copy-first-input --values 100,300        # part of the sweep
 
 An experiment is `experiments/configs/<name>.yaml` (format in experiments/README.md). Each
 (model, sweep value, seed) is one training run through `memrnn.train.train` in
@@ -101,6 +102,18 @@ def sweep_values(cfg: dict[str, Any]) -> tuple[str | None, list[Any]]:
         return None, [None]
     ((key, values),) = sweep.items()
     return key, list(values)
+
+
+def select_values(cfg: dict[str, Any], text: str) -> None:
+    """Keep only the sweep values named in `text` (comma-separated, as the config spells them)."""
+    key, values = sweep_values(cfg)
+    if key is None:
+        raise ExperimentError(f"--values: {cfg['name']} has no sweep")
+    wanted = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in {str(x) for x in values}]
+    if unknown:
+        raise ExperimentError(f"--values: {unknown} not in the {key} sweep {values}")
+    cfg["sweep"] = {key: [x for x in values if str(x) in wanted]}
 
 
 def evaluations(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -385,6 +398,15 @@ def run_time(rows: list[dict[str, Any]]) -> float:
     return sum(runs.values())
 
 
+def omitted(config: tuple[list[Any], ...], ran: tuple[list[Any], ...]) -> str:
+    """What a run left out of its config's models, sweep values and seeds ('' for none)."""
+    parts = []
+    for name, full, done in zip(("models", "values", "seeds"), config, ran):
+        if set(map(str, full)) - set(map(str, done)):
+            parts.append(f"{name} {', '.join(map(str, done))} of {', '.join(map(str, full))}")
+    return "; ".join(parts)
+
+
 def write_outputs(
     cfg: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -401,7 +423,12 @@ def write_outputs(
         writer.writeheader()
         writer.writerows(rows)
     plot_path = plot(cfg, rows, metrics, out / "results.png") if rows else None
-    kind = "QUICK (short) run: not a reproduction" if meta["quick"] else "full run"
+    if meta["quick"]:
+        kind = "QUICK (short) run: not a reproduction"
+    elif meta.get("partial"):
+        kind = f"PARTIAL run ({meta['partial']})"
+    else:
+        kind = "full run"
     lines = [
         f"# {cfg['name']} — {kind}",
         "",
@@ -464,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", default="", help="comma-separated model labels (default all)")
     parser.add_argument(
+        "--values",
+        default="",
+        help="comma-separated subset of the sweep's values, e.g. 100,300 (default all)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -491,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.name)
         if args.quick:
             cfg = quick_config(cfg)
+        whole = (list(cfg["models"]), sweep_values(cfg)[1], cfg.get("seeds", [0]))
         check_names(cfg)
         labels = [m for m in args.models.split(",") if m] or list(cfg["models"])
         unknown = [m for m in labels if m not in cfg["models"]]
@@ -499,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"unknown model label(s) {unknown}; config has {list(cfg['models'])}"
             )
         cfg["models"] = {m: cfg["models"][m] for m in labels}
+        if args.values:
+            select_values(cfg, args.values)
         seeds = args.seeds or (cfg["seeds"][:1] if args.quick else cfg["seeds"])
         out = args.out or RESULTS_DIR / (cfg["name"] + ("-quick" if args.quick else ""))
         command = "python -m experiments.run " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -556,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "wall_s": time.perf_counter() - started,
             "note": cfg.get("note"),
+            "partial": omitted(whole, (list(cfg["models"]), sweep_values(cfg)[1], seeds)),
         }
         write_outputs(cfg, rows, out, meta, metrics or [])
         print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")

@@ -129,3 +129,22 @@ def test_rerun_resumes_finished_runs_and_fresh_retrains(tmp_path: Path) -> None:
     assert run.main([str(cfg), "--out", str(out), "--fresh"]) == 0
     assert rows()[0]["loss"] == first[0]["loss"]
     assert (run_dir / "last").stat().st_ino != saved
+
+
+def test_values_runs_part_of_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {delay: 2}\nsweep: {train_len: [6, 9, 12]}\n"
+        "model_overrides: {d_model: 8, n_layers: 1}\nmodels: {bmru: {model: bmru-small}}\n"
+        "train: {steps: 2, batch_size: 4, warmup: 1, eval_samples: 8}\n"
+        "evals: [{name: test, samples: 8}]\nseeds: [0]\n"
+    )
+    out = tmp_path / "out"
+    assert run.main([str(cfg), "--out", str(out), "--values", "12,6"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["train_len12", "train_len6"]
+    md = (out / "results.md").read_text()
+    assert "train_len=6" in md and "train_len=12" in md and "train_len=9" not in md
+    assert run.main([str(cfg), "--out", str(out), "--values", "7"]) == 2
+    assert "--values: ['7'] not in the train_len sweep [6, 9, 12]" in capsys.readouterr().err
+    assert run.main([str(cfg), "--out", str(out), "--values", "12,6"]) == 0
+    assert "PARTIAL run (values 6, 12 of 6, 9, 12)" in (out / "results.md").read_text()

@@ -401,7 +401,7 @@ def run_time(rows: list[dict[str, Any]]) -> float:
 def omitted(config: tuple[list[Any], ...], ran: tuple[list[Any], ...]) -> str:
     """What a run left out of its config's models, sweep values and seeds ('' for none)."""
     parts = []
-    for name, full, done in zip(("models", "values", "seeds"), config, ran):
+    for name, full, done in zip(("models", "values", "seeds"), config, ran, strict=True):
         if set(map(str, full)) - set(map(str, done)):
             parts.append(f"{name} {', '.join(map(str, done))} of {', '.join(map(str, full))}")
     return "; ".join(parts)

@@ -134,7 +134,8 @@ def test_rerun_resumes_finished_runs_and_fresh_retrains(tmp_path: Path) -> None:
 def test_values_runs_part_of_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
-        "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {delay: 2}\nsweep: {train_len: [6, 9, 12]}\n"
+        "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {delay: 2}\n"
+        "sweep: {train_len: [6, 9, 12]}\n"
         "model_overrides: {d_model: 8, n_layers: 1}\nmodels: {bmru: {model: bmru-small}}\n"
         "train: {steps: 2, batch_size: 4, warmup: 1, eval_samples: 8}\n"
         "evals: [{name: test, samples: 8}]\nseeds: [0]\n"

@@ -6,7 +6,8 @@ https://arxiv.org/abs/2410.01201 (SPEC.md section 3.2):
     z_t = σ(W_z x_t + b_z),   h̃_t = W_h x_t + b_h,   h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
 
 The update is the scan h_t = a_t ⊙ h_{t−1} + b_t with a_t = 1 − z_t, b_t = z_t ⊙ h̃_t, so the
-parallel mode is one `linear_scan` over the whole sequence.
+parallel mode is one `linear_scan` over the whole sequence (on CPU, compiled kernels that
+fuse it with the projection: `memrnn.units.mingru_native`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memrnn.scan import linear_scan
 from memrnn.units import mingru_native
 from memrnn.units.base import RecurrentUnit, register_unit
 
@@ -90,16 +90,10 @@ class MinGRU(RecurrentUnit):
         return h if self.out_proj is None else self.out_proj(h)
 
     def _forward_parallel(self, x: Tensor, state: MinGRUState) -> tuple[Tensor, MinGRUState]:
-        p = self.in_proj(x)  # (B, T, 2H): [z_pre, h̃]
-        h0 = state.h.to(p.dtype)
-        if mingru_native.supports(p):
-            # One fused pass each way on CPU (B = 16, T = 1024, H = 128: the gates, scan and
-            # their backward went from about 13 ms of torch ops to 5 ms).
-            h = mingru_native.fused_mingru_scan(p, h0)
-        else:
-            z_pre, candidate = p.chunk(2, dim=-1)
-            z = torch.sigmoid(z_pre)
-            h, _ = linear_scan(1 - z, z * candidate, h0)
+        weight = self.in_proj.weight  # (2H, D): [W_z; W_h]
+        # The projection, gates and scan as one layer: on CPU compiled kernels over chunks
+        # of rows that stay in cache (`memrnn.units.mingru_native`), else torch ops.
+        h = mingru_native.mingru_layer(x, weight, self.in_proj.bias, state.h.to(weight.dtype))
         return self._output(h), MinGRUState(h[:, -1])
 
     def _step(self, x_t: Tensor, state: MinGRUState) -> tuple[Tensor, MinGRUState]:

@@ -8,8 +8,10 @@ A training step is forward + backward of a sum-of-squares loss on the outputs. E
 `memrnn.units.UNITS` is timed, the sequential baselines included: "gru" and "lstm" are
 torch.nn.GRU / torch.nn.LSTM of the same width running their fused kernels (their only mode,
 reported as recurrent). For each unit and length both modes are timed in the same run with the
-same weights and inputs; `speedup` = recurrent / parallel, and `gru_over_unit` = (time of the
-torch.nn.GRU step at that T) / (this unit's fastest mode), both ratios of this run.
+same weights and inputs, taking turns repetition by repetition (up to `--single-rep-len`), so
+that the machine's speed drifting during the run reaches both; `speedup` = recurrent /
+parallel, and `gru_over_unit` = (time of the torch.nn.GRU step at that T) / (this unit's
+fastest mode), both ratios of this run.
 
 Before timing, each unit's parallel and recurrent outputs and gradients are compared in
 float64 on a small input; a unit that fails this check gets no speed-up reported (its row says
@@ -26,6 +28,7 @@ to benchmarks/results/ (units_quick.* with --quick), or to --out-dir.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -82,6 +85,26 @@ def _time(
         _train_step(unit, x)
         return time.perf_counter() - started, 1
     return time_fn(lambda: _train_step(unit, x), repeats=repeats, warmup=0), repeats
+
+
+def _time_both(
+    unit: torch.nn.Module, x: torch.Tensor, repeats: int, slow_seconds: float
+) -> tuple[float, float, int]:
+    """Median seconds per training step in parallel and in recurrent mode, and how many
+    repetitions of each were timed. The modes take turns, one repetition each, so that a
+    change in the machine's speed during the measurement reaches both alike."""
+    modes = ("parallel", "recurrent")
+    first = []
+    for mode in modes:  # warm-up
+        unit.mode = mode
+        first.append(_time_once(unit, x)[0])
+    reps = 1 if max(first) > slow_seconds else repeats
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(reps):
+        for mode in modes:
+            unit.mode = mode
+            times[mode].append(_time_once(unit, x)[0])
+    return statistics.median(times["parallel"]), statistics.median(times["recurrent"]), reps
 
 
 def _time_once(unit: torch.nn.Module, x: torch.Tensor) -> tuple[float, int]:
@@ -174,12 +197,16 @@ def run(
                 "recurrent_reps": None,
                 "gru_over_unit": None,
             }
-            if parallel:
-                unit.mode = "parallel"
-                row["parallel_s"], _ = _time(unit, x, repeats, slow_seconds)
             # torch.nn.GRU/LSTM run a fused kernel: fast enough at every length.
             fused = name in TORCH_BASELINES
-            if T <= max_recurrent_len or fused:
+            if parallel and T <= min(max_recurrent_len, single_rep_len):
+                row["parallel_s"], row["recurrent_s"], row["recurrent_reps"] = _time_both(
+                    unit, x, repeats, slow_seconds
+                )
+            elif parallel:
+                unit.mode = "parallel"
+                row["parallel_s"], _ = _time(unit, x, repeats, slow_seconds)
+            if row["recurrent_s"] is None and (T <= max_recurrent_len or fused):
                 unit.mode = "recurrent"
                 if T > single_rep_len and not fused:
                     row["recurrent_s"], row["recurrent_reps"] = _time_once(unit, x)

@@ -149,3 +149,11 @@ def test_dispatcher_runs_a_benchmark_and_rejects_unknown_names(
     assert bench_main(["all", "--fast"]) == 2
     assert bench_main(["--list"]) == 0
     assert set(BENCHMARKS) >= {"units", "scan", "lmu", "src", "peers", "inference", "memory"}
+
+
+def test_units_times_the_two_modes_in_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(units, "_train_step", lambda unit, x: seen.append(unit.mode))
+    unit = units._build("cmru", 4, 4, units.torch.float32)
+    _, _, reps = units._time_both(unit, units.torch.zeros(1, 3, 4), 3, slow_seconds=60.0)
+    assert reps == 3 and seen == ["parallel", "recurrent"] * 4  # warm-up, then 3 turns

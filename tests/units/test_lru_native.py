@@ -170,3 +170,19 @@ def test_native_forward_errors(monkeypatch, available, tensor, match):
     weight = torch.zeros(2, 2, dtype=tensor.dtype, device=tensor.device)
     with pytest.raises(RuntimeError, match=match):
         lru_native.lru_native_layer(tensor, weight, lam, gamma, tensor[:, 0], weight, lam[0])
+
+
+@needs_numba
+def test_no_grad_call_keeps_no_buffers_for_a_backward_pass(monkeypatch):
+    # Parameters that require gradients, called under no_grad: nothing is kept for a backward
+    # pass that cannot come (only the output is allocated through the output cache).
+    calls = []
+    real = lru_native._empty
+    monkeypatch.setattr(lru_native, "_empty", lambda *a: calls.append(a) or real(*a))
+    args = _arguments(2, 11, 3, 4, F64, with_h0=True)
+    with torch.no_grad():
+        lru_layer(*args)
+    assert len(calls) == 1
+    calls.clear()
+    lru_layer(*args)
+    assert len(calls) == 2

@@ -188,3 +188,19 @@ def test_split_gives_threads_segments_or_channel_slices(monkeypatch):
     assert mingru_native._split(2048, 0, 1024, 128) == (True, 128)  # 2 segments: 1 each
     assert mingru_native._split(2048, 0, 256, 128) == (True, 128)  # 8 segments
     assert mingru_native._split(2048, 2048, 4096, 128) == (True, 64)  # inside 1 segment
+
+
+@needs_numba
+def test_no_grad_call_keeps_no_buffers_for_a_backward_pass(monkeypatch):
+    # Parameters that require gradients, called under no_grad: nothing is kept for a backward
+    # pass that cannot come (only the output is allocated through the output cache).
+    calls = []
+    real = mingru_native._empty
+    monkeypatch.setattr(mingru_native, "_empty", lambda *a: calls.append(a) or real(*a))
+    args = _arguments(2, 11, 3, 4, F64, with_h0=True)
+    with torch.no_grad():
+        mingru_layer(*args)
+    assert len(calls) == 1
+    calls.clear()
+    mingru_layer(*args)
+    assert len(calls) == 2

@@ -184,14 +184,15 @@ class _LRULayer(torch.autograd.Function):
     """The LRU layer over a sequence as one autograd node (see the module notes)."""
 
     @staticmethod
-    def forward(ctx, u, w_in, lam, gamma, h0, w_out, d):  # type: ignore[override]
+    def forward(ctx, u, w_in, lam, gamma, h0, w_out, d, keep):  # type: ignore[override]
         B, T, H = u.shape
         N2 = w_in.shape[0]
         u = u.contiguous()
         u2 = u.view(B * T, H)
         rows = min(CHUNK_ROWS, B * T)
-        # h is kept for the backward pass only when one is coming; else one chunk of it.
-        save = any(ctx.needs_input_grad)
+        # h is kept for the backward pass only when one can come (`keep`: grad mode was on at
+        # the call; inside forward it is always off), else one chunk of it.
+        save = keep and any(ctx.needs_input_grad)
         h = _empty((B, T, N2), u.dtype) if save else torch.empty(1, rows, N2, dtype=u.dtype)
         y = _empty((B, T, H), u.dtype)
         h2, y2 = h.view(-1, N2), y.view(B * T, H)
@@ -257,6 +258,7 @@ class _LRULayer(torch.autograd.Function):
             carry,
             dw_out,
             dd.to(dtype),
+            None,
         )
 
 
@@ -266,7 +268,7 @@ def lru_native_layer(
     """`lru_layer` in the compiled kernels (CPU, float32/float64; raises RuntimeError
     otherwise)."""
     _check(u)
-    return _LRULayer.apply(u, w_in, lam, gamma, h0, w_out, d)
+    return _LRULayer.apply(u, w_in, lam, gamma, h0, w_out, d, torch.is_grad_enabled())
 
 
 def lru_layer_torch(

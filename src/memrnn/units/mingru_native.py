@@ -152,15 +152,16 @@ class _MinGRULayer(torch.autograd.Function):
     """The minGRU layer over a sequence as one autograd node (see the module notes)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, h0):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, h0, keep):  # type: ignore[override]
         B, T, D = x.shape
         H2 = weight.shape[0]
         H = H2 // 2
         x = x.contiguous()
         x2 = x.view(B * T, D)
         rows = min(CHUNK_ROWS, B * T)
-        # p is kept for the backward pass only when one is coming; else one chunk of it.
-        save = any(ctx.needs_input_grad)
+        # p is kept for the backward pass only when one can come (`keep`: grad mode was on
+        # at the call; inside forward it is always off), else one chunk of it.
+        save = keep and any(ctx.needs_input_grad)
         p = _empty((B * T, H2), x.dtype) if save else torch.empty(rows, H2, dtype=x.dtype)
         h = _empty((B, T, H), x.dtype)
         h2 = h.view(B * T, H)
@@ -178,7 +179,6 @@ class _MinGRULayer(torch.autograd.Function):
             kernel(p_c.numpy(), r0, T, state_a, h2[r0:r1].numpy(), width)
         if save:
             ctx.save_for_backward(x, weight, h0, p, h)
-        ctx.has_bias = bias is not None
         return h
 
     @staticmethod
@@ -189,10 +189,10 @@ class _MinGRULayer(torch.autograd.Function):
         dtype = x.dtype
         gh2 = gh.contiguous().view(B * T, H2 // 2)
         x2, h2 = x.view(B * T, D), h.view(B * T, H2 // 2)
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         carry = torch.zeros_like(h0, memory_format=torch.contiguous_format)
         dp = torch.empty(min(CHUNK_ROWS, B * T), H2, dtype=dtype)
-        db = torch.zeros(H2, dtype=torch.float64)
+        db = torch.zeros(H2, dtype=torch.float64) if need_b else None
         dw = torch.zeros(H2, D, dtype=dtype) if need_w else None
         dx = _empty((B, T, D), dtype) if need_x else None
         # h is this node's own output: detached to be read as an array.
@@ -203,21 +203,21 @@ class _MinGRULayer(torch.autograd.Function):
             threaded, width = _split(r1 - r0, r0, T, H2 // 2)
             kernel = _backward_threaded if threaded else _backward_serial
             kernel(gh_a[r0:r1], r0, T, p_a[r0:r1], h_a, h0_a, carry_a, dp_c.numpy(), width)
-            if ctx.has_bias:
+            if need_b:
                 db += dp_c.sum(dim=0)
             if dx is not None:
                 torch.mm(dp_c, weight, out=dx.view(B * T, D)[r0:r1])
             if dw is not None:
                 dw.addmm_(dp_c.T, x2[r0:r1])
-        dbias = db.to(dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, dbias, carry
+        dbias = db.to(dtype) if need_b else None
+        return dx, dw, dbias, carry, None
 
 
 def mingru_native_layer(x: Tensor, weight: Tensor, bias: Tensor | None, h0: Tensor) -> Tensor:
     """`mingru_layer` in the compiled kernels (CPU, float32/float64; raises RuntimeError
     otherwise)."""
     _check(x)
-    return _MinGRULayer.apply(x, weight, bias, h0)
+    return _MinGRULayer.apply(x, weight, bias, h0, torch.is_grad_enabled())
 
 
 def mingru_layer_torch(x: Tensor, weight: Tensor, bias: Tensor | None, h0: Tensor) -> Tensor:

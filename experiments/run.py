@@ -392,9 +392,14 @@ def plot(
     return path
 
 
+def run_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    """The run a results row belongs to: (model label, sweep value as text, seed)."""
+    return row["model"], str(row["value"]), int(row["seed"])
+
+
 def run_time(rows: list[dict[str, Any]]) -> float:
     """Training time summed over the runs of `rows` (each run once, whatever its evals)."""
-    runs = {(r["model"], str(r["value"]), r["seed"]): float(r["train_s"]) for r in rows}
+    runs = {run_key(r): float(r["train_s"]) for r in rows}
     return sum(runs.values())
 
 
@@ -405,6 +410,44 @@ def omitted(config: tuple[list[Any], ...], ran: tuple[list[Any], ...]) -> str:
         if set(map(str, full)) - set(map(str, done)):
             parts.append(f"{name} {', '.join(map(str, done))} of {', '.join(map(str, full))}")
     return "; ".join(parts)
+
+
+def _cell(text: str) -> Any:
+    """A results.csv cell back as the number it was written from (text stays text)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def earlier_rows(path: Path, name: str, redone: set[tuple[str, str, int]]) -> list[dict[str, Any]]:
+    """The rows of an earlier `results.csv` of experiment `name`, less the runs in `redone`.
+
+    A run is (model label, sweep value as text, seed); its rows are dropped when this
+    invocation trains or evaluates it again.
+    """
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    other = sorted({str(r.get("experiment")) for r in rows} - {name})
+    if other:
+        raise ExperimentError(f"--merge: {path} holds results of {other}, not of {name!r}")
+    return [r for r in rows if run_key(r) not in redone]
+
+
+def covered(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`cfg` narrowed to the models and sweep values that `rows` hold, in the config's order."""
+    out = dict(
+        cfg, models={m: s for m, s in cfg["models"].items() if any(r["model"] == m for r in rows)}
+    )
+    key, values = sweep_values(cfg)
+    if key is not None:
+        present = {str(r["value"]) for r in rows}
+        out["sweep"] = {key: [v for v in values if str(v) in present]}
+    return out
 
 
 def write_outputs(
@@ -443,6 +486,8 @@ def write_outputs(
         "(a resumed run counts its earlier invocations too)",
         f"- task: `{cfg['task']}` {cfg.get('task_kwargs') or ''}".rstrip(),
     ]
+    if meta.get("kept"):
+        lines.append(f"- merged: {meta['kept']}")
     if meta.get("note"):
         lines.append(f"- note: {meta['note']}")
     lines += [
@@ -501,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="output folder (default experiments/results/<name>[-quick])",
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the output folder's earlier results.csv rows of the runs this invocation "
+        "does not do, so that partial invocations add up to one table",
+    )
     parser.add_argument("--data-dir", default=None, help="folder of the dataset files")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument(
@@ -531,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ExperimentError(
                 f"unknown model label(s) {unknown}; config has {list(cfg['models'])}"
             )
+        full = copy.deepcopy(cfg)
         cfg["models"] = {m: cfg["models"][m] for m in labels}
         if args.values:
             select_values(cfg, args.values)
@@ -581,6 +633,26 @@ def main(argv: list[str] | None = None) -> int:
                         f"{shown} ({new[0]['params']} params, {new[0]['train_s']:.0f} s)",
                         flush=True,
                     )
+        ran = (list(cfg["models"]), sweep_values(cfg)[1], seeds)
+        kept: list[dict[str, Any]] = []
+        if args.merge:
+            redone = {
+                (m, "" if v is None else str(v), s) for m in ran[0] for v in ran[1] for s in seeds
+            }
+            kept = earlier_rows(out / "results.csv", cfg["name"], redone)
+        merged = ""
+        if kept:
+            rows = kept + rows
+            cfg = covered(full, rows)
+            seeds = sorted({r["seed"] for r in rows})
+            ran = (list(cfg["models"]), sweep_values(cfg)[1], seeds)
+            runs = len({run_key(r) for r in rows})
+            grid = len(ran[0]) * len(ran[1]) * len(seeds)
+            merged = (
+                f"{len({run_key(r) for r in kept})} runs kept from "
+                "the folder's earlier results.csv (--merge)"
+                + ("" if runs == grid else f"; {runs} of the {grid} runs of that grid")
+            )
         meta = {
             "quick": args.quick,
             "command": command,
@@ -591,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "wall_s": time.perf_counter() - started,
             "note": cfg.get("note"),
-            "partial": omitted(whole, (list(cfg["models"]), sweep_values(cfg)[1], seeds)),
+            "partial": omitted(whole, ran),
+            "kept": merged,
         }
         write_outputs(cfg, rows, out, meta, metrics or [])
         print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")

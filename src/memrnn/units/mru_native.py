@@ -50,40 +50,41 @@ SURROGATE_CODES = {"atan": 0, "fast-sigmoid": 1, "triangle": 2, "straight-throug
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
 if AVAILABLE:
+    # The kernels compute in the dtype of their arrays: every constant comes from `consts`, an
+    # array of that dtype, since a Python float literal would make numba promote float32 work
+    # to float64 (measured: the backward kernel at B = 16, T = 1024, N = 128 took 6.7 ms with
+    # float64 arithmetic on float32 data, half-width vectors and conversions both ways).
+    # consts = [epsilon, rate gradient, k, pi k, 1].
 
     @njit(inline="always", error_model="numpy")
-    def _slope(kind, k, u):  # pragma: no cover - compiled
+    def _slope(kind, k, pik, one, u):  # pragma: no cover - compiled
         """The surrogate derivative sigma_k(u) of the Heaviside step (see surrogate.py)."""
         if kind == 0:
-            pku = math.pi * k * u
-            return k / (1.0 + pku * pku)
+            pku = pik * u
+            return k / (one + pku * pku)
         if kind == 1:
-            d = 1.0 + k * abs(u)
-            return k / (2.0 * d * d)
+            d = one + k * abs(u)
+            return k / ((one + one) * d * d)
         if kind == 2:
-            return k * max(0.0, 1.0 - k * abs(u))
+            return k * max(one - one, one - k * abs(u))
         return k
 
+    # H and sgn as selects rather than early returns: the loops vectorise better (backward
+    # kernel measured 4.0 -> 3.4 ms at B = 16, T = 1024, N = 128, two threads).
     @njit(inline="always", error_model="numpy")
-    def _step(u):  # pragma: no cover - compiled
+    def _step(u, one):  # pragma: no cover - compiled
         """H(u) with H(0) = 1; NaN stays NaN, as in `surrogate.heaviside`."""
-        if u >= 0.0:
-            return 1.0
-        if u != u:
-            return u
-        return 0.0
+        return one if u >= one - one else (u if u != u else one - one)
 
     @njit(inline="always", error_model="numpy")
-    def _sgn(v):  # pragma: no cover - compiled
+    def _sgn(v, one):  # pragma: no cover - compiled
         """torch.sgn for reals: -1, 0 or +1 (the derivative of |v|)."""
-        if v > 0.0:
-            return 1.0
-        if v < 0.0:
-            return -1.0
-        return 0.0
+        zero = one - one
+        return one if v > zero else (-one if v < zero else zero)
 
-    def _forward_loop(c, beta, beta_abs, h0, eps, h, writes, chunk):  # pragma: no cover
+    def _forward_loop(c, beta, beta_abs, h0, consts, h, writes, chunk):  # pragma: no cover
         B, T, M = c.shape
+        eps, one = consts[0], consts[4]
         step_b = 1 if beta.shape[0] > 1 else 0
         step_t = 1 if beta.shape[1] > 1 else 0
         n_chunks = (M + chunk - 1) // chunk
@@ -100,18 +101,20 @@ if AVAILABLE:
                 for m in range(width):
                     cv = c_row[m]
                     bv = abs(beta_row[m]) if beta_abs else beta_row[m]
-                    z = _step(abs(cv) - bv)
-                    s = 2.0 * _step(cv) - 1.0
-                    value = (1.0 - z + eps * z) * state[m] + z * s
+                    z = _step(abs(cv) - bv, one)
+                    s = (one + one) * _step(cv, one) - one
+                    value = (one - z + eps * z) * state[m] + z * s
                     state[m] = value
                     h_row[m] = value
                     count[m] += z
             writes[job] = count.sum()
 
     def _backward_loop(
-        c, beta, beta_abs, h0, h, gh, eps, rate_grad, kind, k, dc, dbeta, dh0, chunk
+        c, beta, beta_abs, h0, h, gh, consts, kind, dc, dbeta, dh0, chunk
     ):  # pragma: no cover - compiled
         B, T, M = c.shape
+        eps, rate_grad, k, pik, one = consts[0], consts[1], consts[2], consts[3], consts[4]
+        two = one + one
         step_b = 1 if beta.shape[0] > 1 else 0
         step_t = 1 if beta.shape[1] > 1 else 0
         n_chunks = (M + chunk - 1) // chunk
@@ -132,14 +135,14 @@ if AVAILABLE:
                     braw = beta_row[m]
                     bv = abs(braw) if beta_abs else braw
                     u = abs(cv) - bv
-                    z = _step(u)
-                    s = 2.0 * _step(cv) - 1.0
+                    z = _step(u, one)
+                    s = two * _step(cv, one) - one
                     g = gh_row[m] + carry[m]
-                    dz = g * ((eps - 1.0) * h_prev[m] + s) + rate_grad
-                    du = dz * _slope(kind, k, u)
-                    dc_row[m] = 2.0 * _slope(kind, k, cv) * g * z + _sgn(cv) * du
-                    dbeta_row[m] = -du * _sgn(braw) if beta_abs else -du
-                    carry[m] = (1.0 - z + eps * z) * g
+                    dz = g * ((eps - one) * h_prev[m] + s) + rate_grad
+                    du = dz * _slope(kind, k, pik, one, u)
+                    dc_row[m] = two * _slope(kind, k, pik, one, cv) * g * z + _sgn(cv, one) * du
+                    dbeta_row[m] = -du * _sgn(braw, one) if beta_abs else -du
+                    carry[m] = (one - z + eps * z) * g
             dh0[ib, m0:m1] = carry
 
     # Threaded for large problems, single-threaded for small ones (see memrnn.scan.native).
@@ -160,6 +163,12 @@ def supports(c: Tensor, surrogate: object) -> bool:
     )
 
 
+def _constants(dtype: torch.dtype, epsilon: float, rate_grad: float, k: float) -> np.ndarray:
+    """The kernels' `consts` in the problem's dtype: [epsilon, rate gradient, k, pi k, 1]."""
+    values = [epsilon, rate_grad, k, math.pi * k, 1.0]
+    return np.array(values, dtype=np.float32 if dtype == torch.float32 else np.float64)
+
+
 def _jobs(batch: int, channels: int) -> tuple[int, int]:
     chunk = _chunk_size(batch, channels)
     return chunk, batch * ((channels + chunk - 1) // chunk)
@@ -176,7 +185,8 @@ class _FusedMRUScan(torch.autograd.Function):
         writes = np.zeros(n_jobs, dtype=np.float64)
         threaded = c.numel() >= PARALLEL_MIN_ELEMENTS
         kernel = _forward_threaded if threaded else _forward_serial
-        kernel(c.numpy(), beta3.numpy(), beta_abs, h0.numpy(), epsilon, h.numpy(), writes, chunk)
+        consts = _constants(c.dtype, epsilon, 0.0, sharpness)
+        kernel(c.numpy(), beta3.numpy(), beta_abs, h0.numpy(), consts, h.numpy(), writes, chunk)
         rate = torch.tensor(writes.sum() / c.numel(), dtype=c.dtype)
         ctx.save_for_backward(c, beta3, h0, h)
         ctx.beta_shape = beta.shape
@@ -204,10 +214,8 @@ class _FusedMRUScan(torch.autograd.Function):
             h0.numpy(),
             h.numpy(),
             gh.contiguous().numpy(),
-            epsilon,
-            rate_grad,
+            _constants(c.dtype, epsilon, rate_grad, sharpness),
             kind,
-            sharpness,
             dc.numpy(),
             dbeta.numpy(),
             dh0.numpy(),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memrnn.scan import linear_scan
+from memrnn.scan import jit, linear_scan
 from memrnn.units import mingru_native
 from memrnn.units.mingru import MinGRU
 from memrnn.units.mingru_native import mingru_layer, mingru_layer_torch, native_supported
@@ -183,11 +183,12 @@ def test_threaded_kernels_equal_serial(monkeypatch, rows):
 
 @needs_numba
 def test_split_gives_threads_segments_or_channel_slices(monkeypatch):
-    monkeypatch.setattr(mingru_native.numba, "get_num_threads", lambda: 2)
-    assert mingru_native._split(8, 0, 1024, 128) == (False, 128)  # too small to thread
-    assert mingru_native._split(2048, 0, 1024, 128) == (True, 128)  # 2 segments: 1 each
-    assert mingru_native._split(2048, 0, 256, 128) == (True, 128)  # 8 segments
-    assert mingru_native._split(2048, 2048, 4096, 128) == (True, 64)  # inside 1 segment
+    monkeypatch.setattr(jit.numba, "get_num_threads", lambda: 2)
+    least = mingru_native.PARALLEL_MIN_ELEMENTS
+    assert jit.row_split(8, 0, 1024, 128, least) == (False, 128)  # too small to thread
+    assert jit.row_split(2048, 0, 1024, 128, least) == (True, 128)  # 2 segments: 1 each
+    assert jit.row_split(2048, 0, 256, 128, least) == (True, 128)  # 8 segments
+    assert jit.row_split(2048, 2048, 4096, 128, least) == (True, 64)  # inside 1 segment
 
 
 @needs_numba

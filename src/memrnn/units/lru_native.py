@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from memrnn.scan import linear_scan
+from memrnn.scan.jit import row_chunks
 from memrnn.scan.native import _empty
 
 try:
@@ -175,11 +176,6 @@ def _arr(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _chunks(rows: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_ROWS)
-    return [(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)]
-
-
 class _LRULayer(torch.autograd.Function):
     """The LRU layer over a sequence as one autograd node (see the module notes)."""
 
@@ -199,7 +195,7 @@ class _LRULayer(torch.autograd.Function):
         state = h0.detach().clone(memory_format=torch.contiguous_format)
         p = torch.empty(rows, N2, dtype=u.dtype)
         lam_a, gamma_a, state_a = _arr(lam), _arr(gamma), state.numpy()
-        for r0, r1 in _chunks(B * T):
+        for r0, r1 in row_chunks(B * T, CHUNK_ROWS):
             p_c = p[: r1 - r0]
             h_c = h2[r0:r1] if save else h2[: r1 - r0]
             torch.mm(u2[r0:r1], w_in.T, out=p_c)
@@ -236,7 +232,7 @@ class _LRULayer(torch.autograd.Function):
             carry.numpy(),
             dlam.numpy(),
         )
-        for r0, r1 in reversed(_chunks(B * T)):
+        for r0, r1 in reversed(row_chunks(B * T, CHUNK_ROWS)):
             gh_c, g_c = gh[: r1 - r0], g[: r1 - r0]
             torch.mm(gy2[r0:r1], w_out, out=gh_c)
             # Before the kernel, so that it finds these rows of h in cache.

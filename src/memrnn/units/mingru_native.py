@@ -24,20 +24,17 @@ slices of channels where segments are fewer than threads, among numba's threads.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from memrnn.scan import linear_scan
-from memrnn.scan.jit import compile_pair
+from memrnn.scan.jit import compile_pair, row_chunks, row_job, row_split
 from memrnn.scan.native import _empty
 
 try:
     import numba
-    from numba import njit, prange
+    from numba import prange
 except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
     numba = None
 
@@ -52,14 +49,6 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 
 if AVAILABLE:
 
-    @njit(inline="always")
-    def _job(job, n_ch, width, H, r0, R, T):  # pragma: no cover - compiled
-        """(batch row, first and end local row, first and end channel) of job `job`: one
-        batch row's segment of the chunk of rows r0 … r0 + R − 1, times one channel slice."""
-        b = r0 // T + job // n_ch
-        m0 = (job % n_ch) * width
-        return b, max(r0, b * T) - r0, min(r0 + R, (b + 1) * T) - r0, m0, min(m0 + width, H)
-
     def _forward_loop(p, r0, T, state, h, width):  # pragma: no cover - compiled
         """h (rows, H) for the rows r0 … r0 + len(p) − 1 of the flattened (B T) axis from the
         chunk p = [z | h̃] (rows, 2H); `state` (B, H) holds each batch row's h before the
@@ -69,7 +58,7 @@ if AVAILABLE:
         n_ch = (H + width - 1) // width
         n_seg = (r0 + R - 1) // T - r0 // T + 1
         for job in prange(n_seg * n_ch):
-            b, lo, hi, m0, m1 = _job(job, n_ch, width, H, r0, R, T)
+            b, lo, hi, m0, m1 = row_job(job, n_ch, width, H, r0, R, T)
             s = state[b, m0:m1].copy()  # a private buffer, indexed from 0, vectorises
             for loc in range(lo, hi):
                 z = p[loc, m0:m1]
@@ -91,7 +80,7 @@ if AVAILABLE:
         # Pass 1, walking the rows downwards: g_t into the h̃ half of dp, and the carry. Two
         # loops vectorise where one doing all the work did not (2.5x slower, measured).
         for job in prange(n_seg * n_ch):
-            b, lo, hi, m0, m1 = _job(job, n_ch, width, H, r0, R, T)
+            b, lo, hi, m0, m1 = row_job(job, n_ch, width, H, r0, R, T)
             c = carry[b, m0:m1].copy()
             for loc in range(hi - 1, lo - 1, -1):
                 z = p[loc, m0:m1]
@@ -120,16 +109,6 @@ if AVAILABLE:
     _backward_threaded, _backward_serial = compile_pair(_backward_loop, error_model="numpy")
 
 
-def _split(rows: int, r0: int, T: int, H: int) -> tuple[bool, int]:
-    """(threaded?, channels per job) for a chunk of `rows` rows starting at row r0: the
-    threads take batch row segments, and slices of channels where segments are too few."""
-    if rows * H < PARALLEL_MIN_ELEMENTS:
-        return False, H
-    segments = (r0 + rows - 1) // T - r0 // T + 1
-    slices = max(1, min(math.ceil(numba.get_num_threads() / segments), math.ceil(H / 32)))
-    return True, math.ceil(H / slices)
-
-
 def _check(t: Tensor) -> None:
     if not AVAILABLE:
         raise RuntimeError("the native minGRU kernel needs numba: pip install numba")
@@ -137,15 +116,6 @@ def _check(t: Tensor) -> None:
         raise RuntimeError(f"the native minGRU kernel runs on CPU tensors, got device {t.device}")
     if t.dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(f"the native minGRU kernel does not support dtype {t.dtype}")
-
-
-def _arr(t: Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
-
-
-def _chunks(rows: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_ROWS)
-    return [(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)]
 
 
 class _MinGRULayer(torch.autograd.Function):
@@ -167,14 +137,14 @@ class _MinGRULayer(torch.autograd.Function):
         h2 = h.view(B * T, H)
         state = h0.detach().clone(memory_format=torch.contiguous_format)
         state_a = state.numpy()
-        for r0, r1 in _chunks(B * T):
+        for r0, r1 in row_chunks(B * T, CHUNK_ROWS):
             p_c = p[r0:r1] if save else p[: r1 - r0]
             if bias is None:
                 torch.mm(x2[r0:r1], weight.T, out=p_c)
             else:
                 torch.addmm(bias, x2[r0:r1], weight.T, out=p_c)
             p_c[:, :H].sigmoid_()
-            threaded, width = _split(r1 - r0, r0, T, H)
+            threaded, width = row_split(r1 - r0, r0, T, H, PARALLEL_MIN_ELEMENTS)
             kernel = _forward_threaded if threaded else _forward_serial
             kernel(p_c.numpy(), r0, T, state_a, h2[r0:r1].numpy(), width)
         if save:
@@ -196,11 +166,11 @@ class _MinGRULayer(torch.autograd.Function):
         dw = torch.zeros(H2, D, dtype=dtype) if need_w else None
         dx = _empty((B, T, D), dtype) if need_x else None
         # h is this node's own output: detached to be read as an array.
-        h_a, h0_a, carry_a = _arr(h2), _arr(h0), carry.numpy()
+        h_a, h0_a, carry_a = h2.detach().numpy(), h0.detach().contiguous().numpy(), carry.numpy()
         gh_a, p_a = gh2.numpy(), p.numpy()
-        for r0, r1 in reversed(_chunks(B * T)):
+        for r0, r1 in reversed(row_chunks(B * T, CHUNK_ROWS)):
             dp_c = dp[: r1 - r0]
-            threaded, width = _split(r1 - r0, r0, T, H2 // 2)
+            threaded, width = row_split(r1 - r0, r0, T, H2 // 2, PARALLEL_MIN_ELEMENTS)
             kernel = _backward_threaded if threaded else _backward_serial
             kernel(gh_a[r0:r1], r0, T, p_a[r0:r1], h_a, h0_a, carry_a, dp_c.numpy(), width)
             if need_b:

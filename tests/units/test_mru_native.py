@@ -152,3 +152,90 @@ def test_unsupported_problems_use_torch_ops(monkeypatch):
     assert y.shape == (2, 9, 4) and state.h.shape == (2, 4)
     h, h_last = bmru_scan(c.double(), torch.ones(3, dtype=torch.float64), torch.ones(2, 3).double())
     assert torch.equal(h_last, h[:, -1])
+
+
+def _layer_problem(dtype, batch=3, length=20, inputs=4, width=5, outputs=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen, dtype=dtype)).requires_grad_()
+
+    args = (
+        randn(batch, length, inputs),  # x
+        randn(2 * width, inputs, scale=1.5),  # w_in = [W_c; W_beta]
+        randn(2 * width),  # b_in
+        randn(batch, width),  # h0
+        randn(outputs, width),  # w_out
+        randn(outputs),  # b_out
+    )
+    upstream = (
+        torch.randn(batch, length, outputs, generator=gen, dtype=dtype),
+        torch.randn(batch, width, generator=gen, dtype=dtype),
+    )
+    return args, upstream
+
+
+def _layer_torch(x, w_in, b_in, h0, w_out, b_out, epsilon, surrogate, sharpness):
+    c, beta = torch.nn.functional.linear(x, w_in, b_in).chunk(2, dim=-1)
+    h, rate = _torch_recurrence(c, beta, h0, epsilon, surrogate, sharpness, True)
+    return torch.nn.functional.linear(h, w_out, b_out), h[:, -1], rate
+
+
+def _layer_results(fn, args, upstream, options):
+    y, h_last, rate = fn(*args, *options)
+    # Every output reaches the loss: y, the final state and the write rate.
+    loss = (y * upstream[0]).sum() + (h_last * upstream[1]).sum() + 3.0 * rate
+    return [y.detach(), h_last.detach(), rate.detach(), *torch.autograd.grad(loss, args)]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rows", [7, 20, 2048])
+@pytest.mark.parametrize("epsilon", [0.0, 0.4, 1.0])
+def test_layer_equals_torch_ops_across_chunks(monkeypatch, dtype, rows, epsilon):
+    # Chunks of 7 rows start and end inside batch rows, chunks of 20 on their boundaries.
+    monkeypatch.setattr(mru_native, "CHUNK_ROWS", rows)
+    for surrogate in mru_native.SURROGATE_CODES:
+        args, upstream = _layer_problem(dtype)
+        options = (epsilon, surrogate, 1.7)
+        got = _layer_results(mru_native.mru_layer, args, upstream, options)
+        want = _layer_results(_layer_torch, args, upstream, options)
+        names = ("y", "h_T", "rate", "dx", "dw_in", "db_in", "dh0", "dw_out", "db_out")
+        for name, a, b in zip(names, got, want, strict=True):
+            scale = max(1.0, b.abs().max().item())
+            err = (a - b).abs().max().item()
+            assert err <= TOL[dtype] * scale, f"{surrogate} {name}: error {err:g}"
+
+
+@needs_numba
+def test_layer_threaded_kernels_equal_serial(monkeypatch):
+    monkeypatch.setattr(mru_native, "CHUNK_ROWS", 7)
+    args, upstream = _layer_problem(torch.float64, batch=4, length=9, width=70)
+    results = []
+    for threshold in (0, 1 << 40):
+        monkeypatch.setattr(mru_native, "LAYER_PARALLEL_MIN_ELEMENTS", threshold)
+        results.append(_layer_results(mru_native.mru_layer, args, upstream, (0.3, "atan", 1.0)))
+    for x, y in zip(*results, strict=True):
+        assert torch.equal(x, y)
+
+
+@needs_numba
+def test_layer_under_no_grad_keeps_nothing_for_a_backward_pass(monkeypatch):
+    calls = []
+    real = mru_native._empty
+    monkeypatch.setattr(mru_native, "_empty", lambda *a: calls.append(a[0]) or real(*a))
+    monkeypatch.setattr(mru_native, "CHUNK_ROWS", 7)
+    args, _ = _layer_problem(torch.float64)
+    with torch.no_grad():
+        y, h_last, _ = mru_native.mru_layer(*args, 0.0, "atan", 1.0)
+    assert calls == [(3, 20, 3)]  # y only: p and h live one chunk at a time
+    calls.clear()
+    y_grad, h_grad, _ = mru_native.mru_layer(*args, 0.0, "atan", 1.0)
+    assert sorted(calls) == sorted([(60, 10), (60, 5), (3, 20, 3)])  # p, h, y
+    assert torch.equal(y, y_grad.detach()) and torch.equal(h_last, h_grad.detach())
+
+
+def test_layer_refuses_what_its_kernels_cannot_run():
+    args, _ = _layer_problem(torch.float64)
+    with pytest.raises(RuntimeError, match="mru_layer: needs numba, a CPU float32/float64"):
+        mru_native.mru_layer(*args, 0.0, lambda u: torch.ones_like(u), 1.0)

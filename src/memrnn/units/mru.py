@@ -240,13 +240,32 @@ class BMRU(RecurrentUnit):
         return nn.functional.linear(h, self.out.weight * self.alpha, self.out.bias)
 
     def _forward_parallel(self, x: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
+        h0 = state.h.to(x.dtype).contiguous()
+        if (
+            self.threshold == "input"
+            and self.scan_backend in ("auto", "native")
+            and mru_native.layer_supports(x, self.surrogate)
+        ):
+            # Projections, recurrence and readout in chunks of rows that stay in cache.
+            y, h_last, self.last_write_rate = mru_native.mru_layer(
+                x,
+                torch.cat([self.candidate.weight, self.threshold_proj.weight]),
+                torch.cat([self.candidate.bias, self.threshold_proj.bias]),
+                h0,
+                self.out.weight * self.alpha,
+                self.out.bias,
+                self._epsilon,
+                self.surrogate,
+                self.sharpness,
+            )
+            return y, BMRUState(h_last)
         c = self.candidate(x)  # (B, T, N)
         # The threshold before its absolute value: (B, T, N), or (N,) when constant.
         beta = self.threshold_proj(x) if self.threshold == "input" else self.beta
         h, self.last_write_rate = _mru_recurrence(
             c,
             beta,
-            state.h.to(c.dtype).contiguous(),
+            h0,
             self._epsilon,
             self.surrogate,
             self.sharpness,

@@ -23,6 +23,15 @@ autograd builds through the torch ops. When the kernel is given the raw threshol
 
 Work is split over threads by (batch, channel-chunk) jobs as in `memrnn.scan.native`: each job
 owns whole time series, so no two threads write the same element.
+
+`mru_layer` is the unit's whole parallel form with an input threshold (projection [c | β_raw],
+recurrence, readout) as one autograd node that walks the flattened (B T) rows in chunks that
+stay in cache, as `memrnn.units.mingru_native` does for the minGRU. Measured on the 2-core
+machine, BMRU training step at B = 16, T = 1024, D = N = 128 (float32, input without gradient,
+freed memory kept as `memrnn.runtime` does), the two paths taking turns in one process, 25
+steps each, two runs: median 41.4 and 38.4 ms against 46.3 and 46.1 ms for two projections,
+`fused_mru_scan` and the readout as separate torch ops. Seven GEMMs of 0.54 GFLOP take about
+24 ms of a step.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.scan.jit import compile_pair, job_bounds
+from memrnn.scan.jit import compile_pair, job_bounds, row_chunks, row_job, row_split
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -48,6 +57,11 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 SURROGATE_CODES = {"atan": 0, "fast-sigmoid": 1, "triangle": 2, "straight-through": 3}
 # Problems with fewer elements (B T N) than this run single-threaded, as the scan does.
 PARALLEL_MIN_ELEMENTS = 1 << 18
+# Rows of the flattened (B T) axis per chunk of `mru_layer`: 2048 rows of p = [c | β_raw]
+# (2 MiB in float32 at N = 128) stay in cache between the GEMM and the kernel, as in the
+# minGRU and LRU layers. Chunks with fewer elements (rows N) run their kernels on one thread.
+CHUNK_ROWS = 2048
+LAYER_PARALLEL_MIN_ELEMENTS = 1 << 16
 
 if AVAILABLE:
     # The kernels compute in the dtype of their arrays: every constant comes from `consts`, an
@@ -145,11 +159,77 @@ if AVAILABLE:
                     carry[m] = (one - z + eps * z) * g
             dh0[ib, m0:m1] = carry
 
+    def _layer_forward_loop(p, r0, T, state, consts, h, writes, width):  # pragma: no cover
+        """h (rows, N) for the rows r0 … r0 + len(p) − 1 of the flattened (B T) axis from the
+        chunk p = [c | β_raw] (rows, 2N); `state` (B, N) holds each batch row's h before the
+        chunk, and after it; writes[job] counts the job's writes. Jobs as in `row_job`."""
+        R, N2 = p.shape
+        N = N2 // 2
+        eps, one = consts[0], consts[4]
+        two = one + one
+        n_ch = (N + width - 1) // width
+        n_seg = (r0 + R - 1) // T - r0 // T + 1
+        for job in prange(n_seg * n_ch):
+            b, lo, hi, m0, m1 = row_job(job, n_ch, width, N, r0, R, T)
+            s = state[b, m0:m1].copy()  # a private buffer, indexed from 0, vectorises
+            count = np.zeros(m1 - m0, dtype=h.dtype)
+            for loc in range(lo, hi):
+                c_row = p[loc, m0:m1]
+                beta_row = p[loc, N + m0 : N + m1]
+                out = h[loc, m0:m1]
+                for i in range(m1 - m0):
+                    cv = c_row[i]
+                    z = _step(abs(cv) - abs(beta_row[i]), one)
+                    value = (one - z + eps * z) * s[i] + z * (two * _step(cv, one) - one)
+                    s[i] = value
+                    out[i] = value
+                    count[i] += z
+            state[b, m0:m1] = s
+            writes[job] = count.sum()
+
+    def _layer_backward_loop(
+        gh, r0, T, p, h, h0, carry, consts, kind, dp, width
+    ):  # pragma: no cover - compiled
+        """∂L/∂p (rows, 2N) into dp for the rows r0 … r0 + len(gh) − 1 from the chunk
+        gh = ∂L/∂h (rows, N), its p = [c | β_raw] and all of h (B T, N); `carry` (B, N) holds
+        each batch row's gradient carry after the chunk, and before it."""
+        R, N = gh.shape
+        eps, rate_grad, k, pik, one = consts[0], consts[1], consts[2], consts[3], consts[4]
+        two = one + one
+        n_ch = (N + width - 1) // width
+        n_seg = (r0 + R - 1) // T - r0 // T + 1
+        for job in prange(n_seg * n_ch):
+            b, lo, hi, m0, m1 = row_job(job, n_ch, width, N, r0, R, T)
+            cr = carry[b, m0:m1].copy()
+            for loc in range(hi - 1, lo - 1, -1):
+                row = r0 + loc
+                prev = h[row - 1, m0:m1] if row % T > 0 else h0[b, m0:m1]
+                c_row = p[loc, m0:m1]
+                beta_row = p[loc, N + m0 : N + m1]
+                g_in = gh[loc, m0:m1]
+                dc = dp[loc, m0:m1]
+                dbeta = dp[loc, N + m0 : N + m1]
+                for i in range(m1 - m0):
+                    cv = c_row[i]
+                    braw = beta_row[i]
+                    u = abs(cv) - abs(braw)
+                    z = _step(u, one)
+                    g = g_in[i] + cr[i]
+                    dz = g * ((eps - one) * prev[i] + two * _step(cv, one) - one) + rate_grad
+                    du = dz * _slope(kind, k, pik, one, u)
+                    dc[i] = two * _slope(kind, k, pik, one, cv) * g * z + _sgn(cv, one) * du
+                    dbeta[i] = -du * _sgn(braw, one)
+                    cr[i] = (one - z + eps * z) * g
+            carry[b, m0:m1] = cr
+
     # Threaded for large problems, single-threaded for small ones (see memrnn.scan.native).
     # error_model="numpy": no zero-division checks, which kept the loops from vectorising
     # (backward kernel at B = 16, T = 1024, N = 128: 44 ms with them, 5 ms without).
     _forward_threaded, _forward_serial = compile_pair(_forward_loop, error_model="numpy")
     _backward_threaded, _backward_serial = compile_pair(_backward_loop, error_model="numpy")
+    # (threaded, serial) pairs, indexed 0 / 1.
+    _layer_forward = compile_pair(_layer_forward_loop, error_model="numpy")
+    _layer_backward = compile_pair(_layer_backward_loop, error_model="numpy")
 
 
 def supports(c: Tensor, surrogate: object) -> bool:
@@ -253,4 +333,170 @@ def fused_mru_scan(
     )
 
 
-__all__ = ["AVAILABLE", "SUPPORTED_DTYPES", "SURROGATE_CODES", "fused_mru_scan", "supports"]
+class _MRULayer(torch.autograd.Function):
+    """The MRU layer over a sequence as one autograd node (see `mru_layer`)."""
+
+    @staticmethod
+    def forward(ctx, x, w_in, b_in, h0, w_out, b_out, epsilon, kind, sharpness, keep):
+        B, T, D = x.shape
+        N, O = h0.shape[1], w_out.shape[0]
+        x2 = x.contiguous().view(B * T, D)
+        rows = min(CHUNK_ROWS, B * T)
+        # p and h are kept for the backward pass only when one can come (`keep`: grad mode
+        # was on at the call; inside forward it is always off), else one chunk of each.
+        save = keep and any(ctx.needs_input_grad)
+        p = _empty((B * T, 2 * N), x.dtype) if save else torch.empty(rows, 2 * N, dtype=x.dtype)
+        h = _empty((B * T, N), x.dtype) if save else torch.empty(rows, N, dtype=x.dtype)
+        y = _empty((B, T, O), x.dtype)
+        y2 = y.view(B * T, O)
+        state = h0.detach().clone(memory_format=torch.contiguous_format)
+        state_a, consts = state.numpy(), _constants(x.dtype, epsilon, 0.0, sharpness)
+        writes = 0.0
+        for r0, r1 in row_chunks(B * T, CHUNK_ROWS):
+            p_c = p[r0:r1] if save else p[: r1 - r0]
+            h_c = h[r0:r1] if save else h[: r1 - r0]
+            _affine(x2[r0:r1], w_in, b_in, p_c)
+            threaded, width = row_split(r1 - r0, r0, T, N, LAYER_PARALLEL_MIN_ELEMENTS)
+            counts = np.zeros(B * N, dtype=np.float64)
+            _layer_forward[0 if threaded else 1](
+                p_c.numpy(), r0, T, state_a, consts, h_c.numpy(), counts, width
+            )
+            writes += counts.sum()
+            _affine(h_c, w_out, b_out, y2[r0:r1])
+        if save:
+            ctx.save_for_backward(x2, w_in, h0, w_out, p, h)
+            ctx.options = (B, T, epsilon, kind, sharpness)
+        rate = torch.tensor(writes / (B * T * N), dtype=x.dtype)
+        return y, state, rate
+
+    @staticmethod
+    def backward(ctx, gy, g_last, g_rate):
+        x2, w_in, h0, w_out, p, h = ctx.saved_tensors
+        B, T, epsilon, kind, sharpness = ctx.options
+        N, O, dtype = h0.shape[1], w_out.shape[0], x2.dtype
+        need_x, need_w_in, need_b_in, _, need_w_out, need_b_out = ctx.needs_input_grad[:6]
+        gy2 = (torch.zeros(B * T, O, dtype=dtype) if gy is None else gy.contiguous()).view(-1, O)
+        carry = torch.zeros_like(h0) if g_last is None else g_last.to(dtype)
+        carry = carry.clone(memory_format=torch.contiguous_format)
+        rate_grad = 0.0 if g_rate is None else float(g_rate) / (B * T * N)
+        consts = _constants(dtype, epsilon, rate_grad, sharpness)
+        rows = min(CHUNK_ROWS, B * T)
+        gh, dp = torch.empty(rows, N, dtype=dtype), torch.empty(rows, 2 * N, dtype=dtype)
+        dw_in = torch.zeros_like(w_in) if need_w_in else None
+        dw_out = torch.zeros_like(w_out) if need_w_out else None
+        # Bias gradients: sums over B T rows, per chunk in the dtype, added up in float64.
+        db_in = torch.zeros(2 * N, dtype=torch.float64) if need_b_in else None
+        db_out = torch.zeros(O, dtype=torch.float64) if need_b_out else None
+        dx = _empty((B * T, x2.shape[1]), dtype) if need_x else None
+        # h is this node's own output: detached to be read as an array.
+        h_a, h0_a, carry_a = h.detach().numpy(), h0.detach().contiguous().numpy(), carry.numpy()
+        for r0, r1 in reversed(row_chunks(B * T, CHUNK_ROWS)):
+            gh_c, dp_c, gy_c = gh[: r1 - r0], dp[: r1 - r0], gy2[r0:r1]
+            torch.mm(gy_c, w_out, out=gh_c)
+            if dw_out is not None:
+                dw_out.addmm_(gy_c.T, h[r0:r1])
+            if db_out is not None:
+                db_out += gy_c.sum(dim=0)
+            threaded, width = row_split(r1 - r0, r0, T, N, LAYER_PARALLEL_MIN_ELEMENTS)
+            _layer_backward[0 if threaded else 1](
+                gh_c.numpy(),
+                r0,
+                T,
+                p[r0:r1].numpy(),
+                h_a,
+                h0_a,
+                carry_a,
+                consts,
+                kind,
+                dp_c.numpy(),
+                width,
+            )
+            if dw_in is not None:
+                dw_in.addmm_(dp_c.T, x2[r0:r1])
+            if db_in is not None:
+                db_in += dp_c.sum(dim=0)
+            if dx is not None:
+                torch.mm(dp_c, w_in, out=dx[r0:r1])
+        return (
+            None if dx is None else dx.view(B, T, -1),
+            dw_in,
+            None if db_in is None else db_in.to(dtype),
+            carry,
+            dw_out,
+            None if db_out is None else db_out.to(dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> None:
+    """out = x weightᵀ (+ bias), written in place."""
+    if bias is None:
+        torch.mm(x, weight.T, out=out)
+    else:
+        torch.addmm(bias, x, weight.T, out=out)
+
+
+def layer_supports(x: Tensor, surrogate: object) -> bool:
+    """Whether `mru_layer` runs the compiled kernels for x: those of `supports`."""
+    return supports(x, surrogate)
+
+
+def mru_layer(
+    x: Tensor,
+    w_in: Tensor,
+    b_in: Tensor | None,
+    h0: Tensor,
+    w_out: Tensor,
+    b_out: Tensor | None,
+    epsilon: float,
+    surrogate: str,
+    sharpness: float,
+    keep: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The MRU layer with an input-dependent threshold in compiled kernels; (y, h_T, z̄).
+
+    [c | β_raw] = x w_inᵀ + b_in with w_in (2N, D) (rows [0, N) the candidate's, [N, 2N) the
+    threshold's, β = |β_raw|), the MRU recurrence from h0 (B, N), y = h w_outᵀ + b_out with
+    w_out (O, N); z̄ is the mean write rate. Differentiable in every tensor argument.
+
+    Walks the flattened (B T) rows in chunks of `CHUNK_ROWS`, as the minGRU and LRU layers
+    do: per chunk one GEMM writes p = [c | β_raw], a kernel runs the recurrence reading p back
+    from the cache, and one GEMM the readout; backward, per chunk in reverse, ∂L/∂h = ∂L/∂y
+    w_out, the kernel writes ∂L/∂p (the equations of `fused_mru_scan`), and GEMMs turn it into
+    ∂L/∂w_in and ∂L/∂x while it is in cache. Needs `layer_supports(x, surrogate)`; all
+    tensors share x's dtype. `keep` (default: grad mode at the call) keeps what a backward
+    pass needs.
+    """
+    if not layer_supports(x, surrogate):
+        raise RuntimeError(
+            "mru_layer: needs numba, a CPU float32/float64 input and a named surrogate; "
+            f"got {x.device} {x.dtype}, surrogate {surrogate!r}"
+        )
+    keep = torch.is_grad_enabled() if keep is None else keep
+    return _MRULayer.apply(
+        x,
+        w_in,
+        b_in,
+        h0,
+        w_out,
+        b_out,
+        float(epsilon),
+        SURROGATE_CODES[surrogate],
+        float(sharpness),
+        keep,
+    )
+
+
+__all__ = [
+    "AVAILABLE",
+    "CHUNK_ROWS",
+    "SUPPORTED_DTYPES",
+    "SURROGATE_CODES",
+    "fused_mru_scan",
+    "layer_supports",
+    "mru_layer",
+    "supports",
+]

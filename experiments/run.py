@@ -567,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from benchmarks.common import git_commit
 
+    from memrnn.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as `memrnn train` does (memrnn.runtime)
+
     import experiments.tasks  # noqa: F401 - registers the experiment-only tasks
     from memrnn.train import UsageError
 

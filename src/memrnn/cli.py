@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from memrnn.runtime import keep_freed_memory
 from memrnn.train.config import TrainingDiverged, UsageError
 
 EXIT_USAGE = 2
@@ -388,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # memrnn.runtime: no page faults over each step's activations
     parser = build_parser()
     try:
         if argv and argv[0] == "train":

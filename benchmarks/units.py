@@ -9,7 +9,8 @@ A training step is forward + backward of a sum-of-squares loss on the outputs. E
 torch.nn.GRU / torch.nn.LSTM of the same width running their fused kernels (their only mode,
 reported as recurrent). For each unit and length both modes are timed in the same run with the
 same weights and inputs, taking turns repetition by repetition (up to `--single-rep-len`), so
-that the machine's speed drifting during the run reaches both; `speedup` = recurrent /
+that the machine's speed drifting during the run reaches both; each timed step follows an
+untimed step of its own mode, as steps do in training; `speedup` = recurrent /
 parallel, and `gru_over_unit` = (time of the torch.nn.GRU step at that T) / (this unit's
 fastest mode), both ratios of this run.
 
@@ -20,6 +21,11 @@ it is slow at long T: above `--single-rep-len` (default 4096) it is timed once, 
 warm-up, and above `--max-recurrent-len` (default 4096) it is not timed at all; a full run then
 finishes in about a quarter of an hour on a 2-core CPU. Cases whose first step takes longer
 than `--slow-seconds` are also timed once after that warm-up.
+
+The process keeps freed memory for reuse (`memrnn.runtime.keep_freed_memory`, as the training
+CLI does), so that steps do not take page faults over their activations again each time; it
+applies to both modes alike and the header says so. `--no-keep-freed-memory` times with the C
+library's defaults.
 
 Writes units.csv / units.json and units.png (time vs T, log-log, one line per unit and mode)
 to benchmarks/results/ (units_quick.* with --quick), or to --out-dir.
@@ -36,6 +42,7 @@ import torch
 
 import memrnn.units  # noqa: F401 - registers every unit module
 from benchmarks.common import RESULTS_DIR, format_table, print_header, time_fn, write_results
+from memrnn.runtime import freed_memory_kept, keep_freed_memory
 from memrnn.units import UNITS
 
 # The registry wraps these two torch.nn modules; their rows are labelled with the torch name.
@@ -91,18 +98,23 @@ def _time_both(
     unit: torch.nn.Module, x: torch.Tensor, repeats: int, slow_seconds: float
 ) -> tuple[float, float, int]:
     """Median seconds per training step in parallel and in recurrent mode, and how many
-    repetitions of each were timed. The modes take turns, one repetition each, so that a
-    change in the machine's speed during the measurement reaches both alike."""
+    repetitions of each were timed. The modes take turns, so that a change in the machine's
+    speed during the measurement reaches both alike; in each turn one step runs untimed before
+    the timed one, so that every timed step follows a step of its own mode, as in training
+    (measured: the first parallel BMRU step after a recurrent one took 39-70 ms, the next ones
+    31-38 ms, at B = 16, T = 1024, D = 128)."""
     modes = ("parallel", "recurrent")
-    first = []
-    for mode in modes:  # warm-up
+    second = []
+    for mode in modes:  # warm-up: the first step compiles kernels, the second is timed
         unit.mode = mode
-        first.append(_time_once(unit, x)[0])
-    reps = 1 if max(first) > slow_seconds else repeats
+        _train_step(unit, x)
+        second.append(_time_once(unit, x)[0])
+    reps = 1 if max(second) > slow_seconds else repeats
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(reps):
         for mode in modes:
             unit.mode = mode
+            _train_step(unit, x)
             times[mode].append(_time_once(unit, x)[0])
     return statistics.median(times["parallel"]), statistics.median(times["recurrent"]), reps
 
@@ -170,7 +182,14 @@ def run(
     result_name: str = "units",
 ) -> list[dict]:
     info = print_header("unit training-step benchmark (forward + backward)")
+    kept = freed_memory_kept()
+    info["malloc"] = (
+        f"freed blocks up to {kept >> 20} MiB kept for reuse (memrnn.runtime.keep_freed_memory)"
+        if kept
+        else "C library defaults"
+    )
     print(f"#   shape: B={batch}, D=H={width}, float32, lengths {lengths}")
+    print(f"#   malloc: {info['malloc']}")
     print(
         f"#   recurrent mode: timed once above T={single_rep_len}, "
         f"skipped above T={max_recurrent_len} (except torch.nn.GRU/LSTM)"
@@ -283,7 +302,14 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="results folder (default benchmarks/results)",
     )
+    parser.add_argument(
+        "--no-keep-freed-memory",
+        action="store_true",
+        help="leave malloc at its defaults (see memrnn.runtime; both modes are timed alike)",
+    )
     args = parser.parse_args(argv)
+    if not args.no_keep_freed_memory:
+        keep_freed_memory()
     names = [n for n in args.units.split(",") if n] or sorted(UNITS)
     unknown = [n for n in names if n not in UNITS]
     if unknown:

@@ -156,4 +156,25 @@ def test_units_times_the_two_modes_in_turns(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(units, "_train_step", lambda unit, x: seen.append(unit.mode))
     unit = units._build("cmru", 4, 4, units.torch.float32)
     _, _, reps = units._time_both(unit, units.torch.zeros(1, 3, 4), 3, slow_seconds=60.0)
-    assert reps == 3 and seen == ["parallel", "recurrent"] * 4  # warm-up, then 3 turns
+    # Warm-up, then 3 turns: each mode steps twice in a row, the second step is the timed one.
+    assert reps == 3 and seen == ["parallel", "parallel", "recurrent", "recurrent"] * 4
+
+
+def test_units_times_one_repetition_when_a_warm_step_is_slow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The decision reads the second warm-up step: a first step that compiles kernels is not it.
+    steps: list[str] = []
+
+    def step(unit: units.torch.nn.Module, x: object) -> None:
+        steps.append(unit.mode)
+        units.time.sleep(0.05 if len(steps) == 1 else 0.0)
+
+    monkeypatch.setattr(units, "_train_step", step)
+    unit = units._build("cmru", 4, 4, units.torch.float32)
+    assert units._time_both(unit, units.torch.zeros(1, 3, 4), 3, slow_seconds=0.04)[2] == 3
+    steps.clear()
+    monkeypatch.setattr(
+        units, "_time_once", lambda u, x: (1.0 if u.mode == "recurrent" else 0.0, 1)
+    )
+    assert units._time_both(unit, units.torch.zeros(1, 3, 4), 3, slow_seconds=0.5)[2] == 1

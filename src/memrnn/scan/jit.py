@@ -31,6 +31,13 @@ if njit is not None:
         return job // n_chunks, m0, min(m0 + chunk, width)
 
     @njit(inline="always")
+    def row_jobs(r0, R, T, H, width):  # pragma: no cover - compiled
+        """(channel slices, jobs) of a chunk of R rows from row r0 of H channels split into
+        slices of `width`: one job per batch row segment and slice (see `row_job`)."""
+        n_ch = (H + width - 1) // width
+        return n_ch, ((r0 + R - 1) // T - r0 // T + 1) * n_ch
+
+    @njit(inline="always")
     def row_job(job, n_ch, width, H, r0, R, T):  # pragma: no cover - compiled
         """(batch row, first and end local row, first and end channel) of job `job` of a
         chunk of the flattened (B T) rows r0 … r0 + R − 1: one batch row's segment of the
@@ -72,4 +79,12 @@ def compile_pair(fn: Callable, **options: object) -> tuple[Callable, Callable]:
     return compile_kernel(fn, True, **options), compile_kernel(fn, False, **options)
 
 
-__all__ = ["compile_kernel", "compile_pair", "job_bounds", "row_chunks", "row_job", "row_split"]
+__all__ = [
+    "compile_kernel",
+    "compile_pair",
+    "job_bounds",
+    "row_chunks",
+    "row_job",
+    "row_jobs",
+    "row_split",
+]

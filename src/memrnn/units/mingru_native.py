@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from memrnn.scan import linear_scan
-from memrnn.scan.jit import compile_pair, row_chunks, row_job, row_split
+from memrnn.scan.jit import compile_pair, row_chunks, row_job, row_jobs, row_split
 from memrnn.scan.native import _empty
 
 try:
@@ -55,9 +55,8 @@ if AVAILABLE:
         chunk, and after it. Jobs: (batch row segment, slice of `width` channels)."""
         R, H2 = p.shape
         H = H2 // 2
-        n_ch = (H + width - 1) // width
-        n_seg = (r0 + R - 1) // T - r0 // T + 1
-        for job in prange(n_seg * n_ch):
+        n_ch, n_jobs = row_jobs(r0, R, T, H, width)
+        for job in prange(n_jobs):
             b, lo, hi, m0, m1 = row_job(job, n_ch, width, H, r0, R, T)
             s = state[b, m0:m1].copy()  # a private buffer, indexed from 0, vectorises
             for loc in range(lo, hi):
@@ -75,11 +74,10 @@ if AVAILABLE:
         gh = ∂L/∂h (rows, H), its p = [z | h̃] (rows, 2H) and all of h (B T, H); `carry`
         (B, H) holds each batch row's gradient carry after the chunk, and before it."""
         R, H = gh.shape
-        n_ch = (H + width - 1) // width
-        n_seg = (r0 + R - 1) // T - r0 // T + 1
+        n_ch, n_jobs = row_jobs(r0, R, T, H, width)
         # Pass 1, walking the rows downwards: g_t into the h̃ half of dp, and the carry. Two
         # loops vectorise where one doing all the work did not (2.5x slower, measured).
-        for job in prange(n_seg * n_ch):
+        for job in prange(n_jobs):
             b, lo, hi, m0, m1 = row_job(job, n_ch, width, H, r0, R, T)
             c = carry[b, m0:m1].copy()
             for loc in range(hi - 1, lo - 1, -1):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.scan.jit import compile_pair, job_bounds, row_chunks, row_job, row_split
+from memrnn.scan.jit import compile_pair, job_bounds, row_chunks, row_job, row_jobs, row_split
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -167,9 +167,8 @@ if AVAILABLE:
         N = N2 // 2
         eps, one = consts[0], consts[4]
         two = one + one
-        n_ch = (N + width - 1) // width
-        n_seg = (r0 + R - 1) // T - r0 // T + 1
-        for job in prange(n_seg * n_ch):
+        n_ch, n_jobs = row_jobs(r0, R, T, N, width)
+        for job in prange(n_jobs):
             b, lo, hi, m0, m1 = row_job(job, n_ch, width, N, r0, R, T)
             s = state[b, m0:m1].copy()  # a private buffer, indexed from 0, vectorises
             count = np.zeros(m1 - m0, dtype=h.dtype)
@@ -196,9 +195,8 @@ if AVAILABLE:
         R, N = gh.shape
         eps, rate_grad, k, pik, one = consts[0], consts[1], consts[2], consts[3], consts[4]
         two = one + one
-        n_ch = (N + width - 1) // width
-        n_seg = (r0 + R - 1) // T - r0 // T + 1
-        for job in prange(n_seg * n_ch):
+        n_ch, n_jobs = row_jobs(r0, R, T, N, width)
+        for job in prange(n_jobs):
             b, lo, hi, m0, m1 = row_job(job, n_ch, width, N, r0, R, T)
             cr = carry[b, m0:m1].copy()
             for loc in range(hi - 1, lo - 1, -1):

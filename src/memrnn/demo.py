@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from memrnn.models import list_models
+from memrnn.runtime import keep_freed_memory
 from memrnn.train.config import TrainConfig, UsageError, check_config
 from memrnn.train.loop import evaluate, prepare_run_dir, train
 
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="*", default=None, help="registry names to include")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # memrnn.runtime, as `memrnn train` does
     start = time.perf_counter()
     try:
         run_demo(

@@ -10,9 +10,9 @@ with `keep_freed_memory()`, the elementwise ops on (B, T, N) tensors running 2-4
 they fault. The price is memory: freed blocks stay in the process for reuse instead of going
 back to the system.
 
-It is opt-in for library users (one call at the start of a program); `memrnn train`,
-`memrnn eval`, the experiment runner and `python -m benchmarks.units` apply it (the
-benchmark to both modes it compares; `--no-keep-freed-memory` measures without).
+It is opt-in for library users (one call at the start of a program); the `memrnn` command,
+the demo, the experiment runner and `python -m benchmarks.units` apply it (the benchmark to
+both modes it compares; `--no-keep-freed-memory` measures without).
 """
 
 from __future__ import annotations

@@ -386,8 +386,7 @@ class _MRULayer(torch.autograd.Function):
         db_in = torch.zeros(2 * N, dtype=torch.float64) if need_b_in else None
         db_out = torch.zeros(O, dtype=torch.float64) if need_b_out else None
         dx = _empty((B * T, x2.shape[1]), dtype) if need_x else None
-        # h is this node's own output: detached to be read as an array.
-        h_a, h0_a, carry_a = h.detach().numpy(), h0.detach().contiguous().numpy(), carry.numpy()
+        h_a, h0_a, carry_a = h.numpy(), h0.detach().contiguous().numpy(), carry.numpy()
         for r0, r1 in reversed(row_chunks(B * T, CHUNK_ROWS)):
             gh_c, dp_c, gy_c = gh[: r1 - r0], dp[: r1 - r0], gy2[r0:r1]
             torch.mm(gy_c, w_out, out=gh_c)

@@ -234,17 +234,20 @@ class BMRU(RecurrentUnit):
         h0 = sign(self.h0, self._derivative).to(device=device, dtype=dtype)
         return BMRUState(h0.expand(batch_size, self.hidden_size))
 
-    def _readout(self, h: Tensor) -> Tensor:
+    def _readout_weight(self) -> Tensor:
         # W_o (alpha h) with alpha folded into the (N_out, N) weight: the same map without a
         # (B, T, N) product and its two backward passes (about 3 ms at B = 16, T = 1024, N = 128).
-        return nn.functional.linear(h, self.out.weight * self.alpha, self.out.bias)
+        return self.out.weight * self.alpha
+
+    def _readout(self, h: Tensor) -> Tensor:
+        return nn.functional.linear(h, self._readout_weight(), self.out.bias)
 
     def _forward_parallel(self, x: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
         h0 = state.h.to(x.dtype).contiguous()
         if (
             self.threshold == "input"
             and self.scan_backend in ("auto", "native")
-            and mru_native.layer_supports(x, self.surrogate)
+            and mru_native.supports(x, self.surrogate)
         ):
             # Projections, recurrence and readout in chunks of rows that stay in cache.
             y, h_last, self.last_write_rate = mru_native.mru_layer(
@@ -252,7 +255,7 @@ class BMRU(RecurrentUnit):
                 torch.cat([self.candidate.weight, self.threshold_proj.weight]),
                 torch.cat([self.candidate.bias, self.threshold_proj.bias]),
                 h0,
-                self.out.weight * self.alpha,
+                self._readout_weight(),
                 self.out.bias,
                 self._epsilon,
                 self.surrogate,

@@ -436,11 +436,6 @@ def _affine(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> None
         torch.addmm(bias, x, weight.T, out=out)
 
 
-def layer_supports(x: Tensor, surrogate: object) -> bool:
-    """Whether `mru_layer` runs the compiled kernels for x: those of `supports`."""
-    return supports(x, surrogate)
-
-
 def mru_layer(
     x: Tensor,
     w_in: Tensor,
@@ -463,11 +458,11 @@ def mru_layer(
     do: per chunk one GEMM writes p = [c | β_raw], a kernel runs the recurrence reading p back
     from the cache, and one GEMM the readout; backward, per chunk in reverse, ∂L/∂h = ∂L/∂y
     w_out, the kernel writes ∂L/∂p (the equations of `fused_mru_scan`), and GEMMs turn it into
-    ∂L/∂w_in and ∂L/∂x while it is in cache. Needs `layer_supports(x, surrogate)`; all
+    ∂L/∂w_in and ∂L/∂x while it is in cache. Needs `supports(x, surrogate)`; all
     tensors share x's dtype. `keep` (default: grad mode at the call) keeps what a backward
     pass needs.
     """
-    if not layer_supports(x, surrogate):
+    if not supports(x, surrogate):
         raise RuntimeError(
             "mru_layer: needs numba, a CPU float32/float64 input and a named surrogate; "
             f"got {x.device} {x.dtype}, surrogate {surrogate!r}"
@@ -493,7 +488,6 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "SURROGATE_CODES",
     "fused_mru_scan",
-    "layer_supports",
     "mru_layer",
     "supports",
 ]

@@ -96,6 +96,24 @@ if AVAILABLE:
         zero = one - one
         return one if v > zero else (-one if v < zero else zero)
 
+    @njit(inline="always", error_model="numpy")
+    def _update(cv, bv, h_prev, eps, one):  # pragma: no cover - compiled
+        """(h_t, z_t) of one neuron from its candidate c_t, threshold β_t >= 0 and h_{t−1}."""
+        z = _step(abs(cv) - bv, one)
+        return (one - z + eps * z) * h_prev + z * ((one + one) * _step(cv, one) - one), z
+
+    @njit(inline="always", error_model="numpy")
+    def _grads(cv, bv, g, h_prev, eps, rate_grad, kind, k, pik, one):  # pragma: no cover
+        """(∂L/∂c_t, ∂L/∂β_t, a_t g) of one neuron, g the total gradient reaching h_t (see
+        the module notes); a_t g is the carry to h_{t−1}."""
+        two = one + one
+        u = abs(cv) - bv
+        z = _step(u, one)
+        dz = g * ((eps - one) * h_prev + two * _step(cv, one) - one) + rate_grad
+        du = dz * _slope(kind, k, pik, one, u)
+        dc = two * _slope(kind, k, pik, one, cv) * g * z + _sgn(cv, one) * du
+        return dc, -du, (one - z + eps * z) * g
+
     def _forward_loop(c, beta, beta_abs, h0, consts, h, writes, chunk):  # pragma: no cover
         B, T, M = c.shape
         eps, one = consts[0], consts[4]
@@ -113,11 +131,8 @@ if AVAILABLE:
                 beta_row = beta[ib * step_b, t * step_t, m0:m1]
                 h_row = h[ib, t, m0:m1]
                 for m in range(width):
-                    cv = c_row[m]
                     bv = abs(beta_row[m]) if beta_abs else beta_row[m]
-                    z = _step(abs(cv) - bv, one)
-                    s = (one + one) * _step(cv, one) - one
-                    value = (one - z + eps * z) * state[m] + z * s
+                    value, z = _update(c_row[m], bv, state[m], eps, one)
                     state[m] = value
                     h_row[m] = value
                     count[m] += z
@@ -128,7 +143,6 @@ if AVAILABLE:
     ):  # pragma: no cover - compiled
         B, T, M = c.shape
         eps, rate_grad, k, pik, one = consts[0], consts[1], consts[2], consts[3], consts[4]
-        two = one + one
         step_b = 1 if beta.shape[0] > 1 else 0
         step_t = 1 if beta.shape[1] > 1 else 0
         n_chunks = (M + chunk - 1) // chunk
@@ -145,18 +159,14 @@ if AVAILABLE:
                 dbeta_row = dbeta[ib, t, m0:m1]
                 h_prev = h0[ib, m0:m1] if t == 0 else h[ib, t - 1, m0:m1]
                 for m in range(width):
-                    cv = c_row[m]
                     braw = beta_row[m]
                     bv = abs(braw) if beta_abs else braw
-                    u = abs(cv) - bv
-                    z = _step(u, one)
-                    s = two * _step(cv, one) - one
                     g = gh_row[m] + carry[m]
-                    dz = g * ((eps - one) * h_prev[m] + s) + rate_grad
-                    du = dz * _slope(kind, k, pik, one, u)
-                    dc_row[m] = two * _slope(kind, k, pik, one, cv) * g * z + _sgn(cv, one) * du
-                    dbeta_row[m] = -du * _sgn(braw, one) if beta_abs else -du
-                    carry[m] = (one - z + eps * z) * g
+                    dcv, dbv, carry[m] = _grads(
+                        c_row[m], bv, g, h_prev[m], eps, rate_grad, kind, k, pik, one
+                    )
+                    dc_row[m] = dcv
+                    dbeta_row[m] = dbv * _sgn(braw, one) if beta_abs else dbv
             dh0[ib, m0:m1] = carry
 
     def _layer_forward_loop(p, r0, T, state, consts, h, writes, width):  # pragma: no cover
@@ -166,7 +176,6 @@ if AVAILABLE:
         R, N2 = p.shape
         N = N2 // 2
         eps, one = consts[0], consts[4]
-        two = one + one
         n_ch, n_jobs = row_jobs(r0, R, T, N, width)
         for job in prange(n_jobs):
             b, lo, hi, m0, m1 = row_job(job, n_ch, width, N, r0, R, T)
@@ -177,9 +186,7 @@ if AVAILABLE:
                 beta_row = p[loc, N + m0 : N + m1]
                 out = h[loc, m0:m1]
                 for i in range(m1 - m0):
-                    cv = c_row[i]
-                    z = _step(abs(cv) - abs(beta_row[i]), one)
-                    value = (one - z + eps * z) * s[i] + z * (two * _step(cv, one) - one)
+                    value, z = _update(c_row[i], abs(beta_row[i]), s[i], eps, one)
                     s[i] = value
                     out[i] = value
                     count[i] += z
@@ -194,7 +201,6 @@ if AVAILABLE:
         each batch row's gradient carry after the chunk, and before it."""
         R, N = gh.shape
         eps, rate_grad, k, pik, one = consts[0], consts[1], consts[2], consts[3], consts[4]
-        two = one + one
         n_ch, n_jobs = row_jobs(r0, R, T, N, width)
         for job in prange(n_jobs):
             b, lo, hi, m0, m1 = row_job(job, n_ch, width, N, r0, R, T)
@@ -208,16 +214,12 @@ if AVAILABLE:
                 dc = dp[loc, m0:m1]
                 dbeta = dp[loc, N + m0 : N + m1]
                 for i in range(m1 - m0):
-                    cv = c_row[i]
                     braw = beta_row[i]
-                    u = abs(cv) - abs(braw)
-                    z = _step(u, one)
                     g = g_in[i] + cr[i]
-                    dz = g * ((eps - one) * prev[i] + two * _step(cv, one) - one) + rate_grad
-                    du = dz * _slope(kind, k, pik, one, u)
-                    dc[i] = two * _slope(kind, k, pik, one, cv) * g * z + _sgn(cv, one) * du
-                    dbeta[i] = -du * _sgn(braw, one)
-                    cr[i] = (one - z + eps * z) * g
+                    dc[i], dbv, cr[i] = _grads(
+                        c_row[i], abs(braw), g, prev[i], eps, rate_grad, kind, k, pik, one
+                    )
+                    dbeta[i] = dbv * _sgn(braw, one)
             carry[b, m0:m1] = cr
 
     # Threaded for large problems, single-threaded for small ones (see memrnn.scan.native).

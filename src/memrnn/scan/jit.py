@@ -6,6 +6,13 @@ numba's on-disk cache keys compiled code by function name and signature, not by 
 as `parallel`, so compiling one function both ways made whichever build was cached first
 serve both (measured: a threaded scan running on one thread). Each build here is compiled
 from a copy of the function under a name of its own.
+
+Also here, the math that the kernels share: tanh and σ that LLVM vectorises. numba's
+`math.tanh` and `math.exp` call libm one element at a time (about 30 ns per tanh on the 2-core
+machine, slower than the torch loops the kernels replace) unless Intel's SVML is installed.
+`vec_expm1_neg` computes exp(−a) = 2^−n e^y with y = n ln 2 − a in [−ln2/2, ln2/2], e^y − 1 by a
+degree-13 Taylor polynomial (truncation below 1e-17), and 2^−n from the bits of n by selects;
+tanh and σ built on it are accurate to a few ulp in float64.
 """
 
 from __future__ import annotations
@@ -47,6 +54,64 @@ if njit is not None:
         return b, max(r0, b * T) - r0, min(r0 + R, (b + 1) * T) - r0, m0, min(m0 + width, H)
 
 
+# fdlibm's split of ln 2: n * _LN2_HI is exact for |n| < 2^20.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LOG2E = 1.44269504088896338700e00
+# exp(−40) = 4e-18: below this, tanh is 1.0 in float64 and σ is within 5e-18 of 0.
+_EXP_CLAMP = 40.0
+_FLUSH_BELOW = 1e-30
+
+if njit is not None:
+
+    @njit(inline="always", error_model="numpy")
+    def vec_expm1_neg(a):  # pragma: no cover - compiled
+        """exp(−a) − 1 for a ≥ 0, vectorisable (a is clamped at 40, see module notes)."""
+        a = min(a, _EXP_CLAMP)
+        n = math.floor(a * _LOG2E + 0.5)
+        y = (n * _LN2_HI - a) + n * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = 1.0 / 479001600.0 + y * p
+        p = 1.0 / 39916800.0 + y * p
+        p = 1.0 / 3628800.0 + y * p
+        p = 1.0 / 362880.0 + y * p
+        p = 1.0 / 40320.0 + y * p
+        p = 1.0 / 5040.0 + y * p
+        p = 1.0 / 720.0 + y * p
+        p = 1.0 / 120.0 + y * p
+        p = 1.0 / 24.0 + y * p
+        p = 1.0 / 6.0 + y * p
+        p = 0.5 + y * p
+        p = 1.0 + y * p
+        p = y * p
+        k = int(n)
+        s = 0.5 if k & 1 else 1.0
+        s = s * (0.25 if k & 2 else 1.0)
+        s = s * (0.0625 if k & 4 else 1.0)
+        s = s * (0.00390625 if k & 8 else 1.0)
+        s = s * (1.52587890625e-05 if k & 16 else 1.0)
+        s = s * (2.3283064365386963e-10 if k & 32 else 1.0)
+        return s * p + (s - 1.0)
+
+    @njit(inline="always", error_model="numpy")
+    def vec_tanh(v):  # pragma: no cover - compiled
+        m = vec_expm1_neg(2.0 * abs(v))
+        t = -m / (2.0 + m)
+        return t if v >= 0.0 else -t
+
+    @njit(inline="always", error_model="numpy")
+    def vec_sigmoid(v):  # pragma: no cover - compiled
+        e = 1.0 + vec_expm1_neg(abs(v))
+        q = 1.0 / (1.0 + e)
+        return q if v >= 0.0 else e * q
+
+    @njit(inline="always", error_model="numpy")
+    def flush_tiny(v):  # pragma: no cover - compiled
+        # Gradients fading back through time reach subnormal numbers (float32 ones after ~60
+        # steps), on which the CPU runs many times slower; below 1e-30 they are set to 0.
+        return v if abs(v) >= _FLUSH_BELOW else 0.0
+
+
 def row_chunks(rows: int, step: int) -> list[tuple[int, int]]:
     """[(r0, r1)]: the flattened (B T) rows in chunks of `step` rows, as the layers walk them."""
     step = max(1, step)
@@ -82,9 +147,13 @@ def compile_pair(fn: Callable, **options: object) -> tuple[Callable, Callable]:
 __all__ = [
     "compile_kernel",
     "compile_pair",
+    "flush_tiny",
     "job_bounds",
     "row_chunks",
     "row_job",
     "row_jobs",
     "row_split",
+    "vec_expm1_neg",
+    "vec_sigmoid",
+    "vec_tanh",
 ]

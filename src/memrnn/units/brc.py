@@ -11,7 +11,8 @@ points depending on where it started, and holds it indefinitely. nBRC ("neuromod
 replaces the per-neuron feedbacks w_a ⊙ h, w_c ⊙ h with full matrices W_a h, W_c h.
 
 The recurrence is nonlinear in h, so both cells are recurrent-only. The input terms
-U_a x, U_c x, U x are computed for the whole sequence in one matmul before the time loop.
+U_a x, U_c x, U x are computed for the whole sequence in one matmul before the time loop, which
+on CPU runs in compiled kernels (`memrnn.units.brc_native`), else as torch ops per step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from memrnn.units import brc_native
 from memrnn.units.base import RecurrentUnit, register_unit
 
 
@@ -32,6 +34,8 @@ class _BistableCell(RecurrentUnit):
     """Shared BRC/nBRC machinery; subclasses define the memory feedback `_feedback(h)`."""
 
     modes = ("recurrent",)
+    # Whether the memory feedback is a full matrix (nBRC) or per neuron (BRC).
+    dense_feedback = False
 
     def __init__(
         self,
@@ -61,6 +65,10 @@ class _BistableCell(RecurrentUnit):
         """The memory terms of a_t and c_t for h (B, H)."""
         raise NotImplementedError
 
+    def _feedback_weight(self) -> Tensor:
+        """The feedback's parameters as `brc_native.bistable_layer` takes them."""
+        raise NotImplementedError
+
     def init_state(
         self,
         batch_size: int,
@@ -84,6 +92,10 @@ class _BistableCell(RecurrentUnit):
 
     def _forward_recurrent(self, x: Tensor, state: BRCState) -> tuple[Tensor, BRCState]:
         drive = self.in_proj(x)  # (B, T, 3H)
+        weight = self._feedback_weight()
+        if brc_native.native_supported(drive, state.h, weight):
+            hs = brc_native.bistable_layer(drive, state.h, weight, self.dense_feedback)
+            return self._output(hs), BRCState(hs[:, -1])
         h = state.h
         hs = []
         for drive_t in drive.unbind(1):
@@ -152,6 +164,9 @@ class BRC(_BistableCell):
     def _feedback(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.w_a * h, self.w_c * h
 
+    def _feedback_weight(self) -> Tensor:
+        return torch.stack([self.w_a, self.w_c])  # (2, H)
+
 
 @register_unit("nbrc")
 class NBRC(_BistableCell):
@@ -180,6 +195,8 @@ class NBRC(_BistableCell):
         >>> y_t, state = unit.step(torch.randn(2, 3), state)
         >>> assert y.shape == (2, 5, 8) and state.h.shape == (2, 8)
     """
+
+    dense_feedback = True
 
     def __init__(
         self,
@@ -217,6 +234,9 @@ class NBRC(_BistableCell):
     def _feedback(self, h: Tensor) -> tuple[Tensor, Tensor]:
         fb = h @ self.memory_weight.T  # (B, 2H)
         return fb.chunk(2, dim=-1)
+
+    def _feedback_weight(self) -> Tensor:
+        return self.memory_weight  # (2H, H)
 
 
 __all__ = ["BRC", "NBRC", "BRCState"]

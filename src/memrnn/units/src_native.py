@@ -29,24 +29,18 @@ slower than float64 on the machine this was tuned on.
 
 then dL/db = Σ_{batch, t} gp_t, dL/di_0 = α_i g_0, dL/dh_0 = gh, dL/dhs_0 = ghs.
 
-Why hand-written exp/tanh: numba's `math.tanh` and `math.exp` call libm one element at a time
-(about 30 ns per tanh here, slower than the torch loop they replace) unless Intel's SVML is
-installed. `_expm1_neg` below is written so that LLVM vectorises it: exp(−a) = 2^−n e^y with
-y = n ln 2 − a in [−ln2/2, ln2/2], e^y − 1 by a degree-13 Taylor polynomial (truncation below
-1e-17), and 2^−n from the bits of n by selects. tanh and σ built on it are accurate to a few
-ulp in float64. float32 tensors are computed in float64 registers and rounded to float32 at
-every stored state, so the state is rounded once per step as in the float32 torch loop.
+tanh and σ are `memrnn.scan.jit`'s vectorisable ones (libm's run one element at a time).
+float32 tensors are computed in float64 registers and rounded to float32 at every stored
+state, so the state is rounded once per step as in the float32 torch loop.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.scan.jit import compile_pair, job_bounds
+from memrnn.scan.jit import compile_pair, flush_tiny, job_bounds, vec_sigmoid, vec_tanh
 from memrnn.scan.native import _chunk_size, _empty
 
 try:
@@ -66,69 +60,14 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # large problems only.
 PARALLEL_MIN_ELEMENTS = 1 << 23
 
-# fdlibm's split of ln 2: n * _LN2_HI is exact for |n| < 2^20.
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_LOG2E = 1.44269504088896338700e00
-# exp(−40) = 4e-18: below this, tanh is 1.0 in float64 and σ is within 5e-18 of 0.
-_EXP_CLAMP = 40.0
-_FLUSH_BELOW = 1e-30
-
 if AVAILABLE:
-
-    @njit(inline="always", error_model="numpy")
-    def _expm1_neg(a):  # pragma: no cover - compiled
-        """exp(−a) − 1 for a ≥ 0, vectorisable (a is clamped at 40, see module notes)."""
-        a = min(a, _EXP_CLAMP)
-        n = math.floor(a * _LOG2E + 0.5)
-        y = (n * _LN2_HI - a) + n * _LN2_LO
-        p = 1.0 / 6227020800.0
-        p = 1.0 / 479001600.0 + y * p
-        p = 1.0 / 39916800.0 + y * p
-        p = 1.0 / 3628800.0 + y * p
-        p = 1.0 / 362880.0 + y * p
-        p = 1.0 / 40320.0 + y * p
-        p = 1.0 / 5040.0 + y * p
-        p = 1.0 / 720.0 + y * p
-        p = 1.0 / 120.0 + y * p
-        p = 1.0 / 24.0 + y * p
-        p = 1.0 / 6.0 + y * p
-        p = 0.5 + y * p
-        p = 1.0 + y * p
-        p = y * p
-        k = int(n)
-        s = 0.5 if k & 1 else 1.0
-        s = s * (0.25 if k & 2 else 1.0)
-        s = s * (0.0625 if k & 4 else 1.0)
-        s = s * (0.00390625 if k & 8 else 1.0)
-        s = s * (1.52587890625e-05 if k & 16 else 1.0)
-        s = s * (2.3283064365386963e-10 if k & 32 else 1.0)
-        return s * p + (s - 1.0)
-
-    @njit(inline="always", error_model="numpy")
-    def _tanh(v):  # pragma: no cover - compiled
-        m = _expm1_neg(2.0 * abs(v))
-        t = -m / (2.0 + m)
-        return t if v >= 0.0 else -t
-
-    @njit(inline="always", error_model="numpy")
-    def _sigmoid(v):  # pragma: no cover - compiled
-        e = 1.0 + _expm1_neg(abs(v))
-        q = 1.0 / (1.0 + e)
-        return q if v >= 0.0 else e * q
-
-    @njit(inline="always", error_model="numpy")
-    def _flush(v):  # pragma: no cover - compiled
-        # Gradients fading back through time reach subnormal numbers (float32 ones after ~60
-        # steps), on which the CPU runs many times slower; below 1e-30 they are set to 0.
-        return v if abs(v) >= _FLUSH_BELOW else 0.0
 
     @njit(inline="always", error_model="numpy")
     def _cell(u, i, h, hs, b, alpha, rho, r, r_s, z_hyp, dz):  # pragma: no cover
         i_new = alpha * i + u
-        th = _tanh(i_new / rho)
-        h_new = _tanh(((rho * th + b) + r * h) + r_s * hs)
-        z = z_hyp - dz * _sigmoid(10.0 * (h - 0.5))
+        th = vec_tanh(i_new / rho)
+        h_new = vec_tanh(((rho * th + b) + r * h) + r_s * hs)
+        z = z_hyp - dz * vec_sigmoid(10.0 * (h - 0.5))
         hs_new = z * hs + (1.0 - z) * h
         return i_new, th, h_new, hs_new
 
@@ -187,7 +126,7 @@ if AVAILABLE:
         g_out = gy if (straight or h > 0.0) else 0.0
         gp = (gh + g_out) * (1.0 - h * h)
         g = gi + gp * (1.0 - th * th)
-        sg = _sigmoid(10.0 * (h_prev - 0.5))
+        sg = vec_sigmoid(10.0 * (h_prev - 0.5))
         z = z_hyp - dz * sg
         k = (1.0 - z) - 10.0 * dz * sg * (1.0 - sg) * (hs_prev - h_prev)
         gh_new = 0.0 if detach else r * gp + k * ghs
@@ -253,9 +192,9 @@ if AVAILABLE:
                     )
                     gb[k] += gp
                     gu_row[k] = g
-                    gi[k] = _flush(alpha * g)
-                    gh[k] = _flush(gh_n)
-                    ghs[k] = _flush(ghs_n)
+                    gi[k] = flush_tiny(alpha * g)
+                    gh[k] = flush_tiny(gh_n)
+                    ghs[k] = flush_tiny(ghs_n)
             gbias[ib, m0:m1] = gb
             gi0[ib, m0:m1] = gi
             gh0[ib, m0:m1] = gh

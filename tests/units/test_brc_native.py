@@ -1,0 +1,147 @@
+"""BRC/nBRC kernels: compiled layer == the torch step loop (outputs and every gradient)."""
+
+import pytest
+import torch
+
+from memrnn.units import BRC, NBRC, brc_native
+from memrnn.units.brc_native import bistable_layer, native_supported
+
+F64 = torch.float64
+needs_numba = pytest.mark.skipif(not brc_native.AVAILABLE, reason="needs numba")
+TOLERANCES = {torch.float32: {"rtol": 1e-4, "atol": 1e-5}, F64: {"rtol": 1e-10, "atol": 1e-10}}
+
+
+def _arguments(B, T, H, dense, dtype, seed=0):
+    """(drive, h0, weight) of a bistable layer, all requiring gradients: feedback weights
+    large enough that neurons are bistable (a > 1) and c varies."""
+    g = torch.Generator().manual_seed(seed)
+    drive = torch.randn(B, T, 3 * H, generator=g, dtype=F64)
+    h0 = torch.randn(B, H, generator=g, dtype=F64).clamp(-0.9, 0.9)
+    shape = (2 * H, H) if dense else (2, H)
+    weight = 1.5 * torch.randn(shape, generator=g, dtype=F64) / (H**0.5 if dense else 1)
+    return [a.to(dtype).requires_grad_() for a in (drive, h0, weight)]
+
+
+def _reference(drive, h0, weight, dense):
+    """The recurrence step by step in torch ops: the ground truth here."""
+    H = h0.shape[-1]
+    h, hs = h0, []
+    for d in drive.unbind(1):
+        if dense:
+            fa, fc = (h @ weight.T).chunk(2, dim=-1)
+        else:
+            fa, fc = weight[0] * h, weight[1] * h
+        a = 1 + torch.tanh(d[:, :H] + fa)
+        c = torch.sigmoid(d[:, H : 2 * H] + fc)
+        h = c * h + (1 - c) * torch.tanh(d[:, 2 * H :] + a * h)
+        hs.append(h)
+    return torch.stack(hs, dim=1)
+
+
+def _run(fn, args, dense, seed=1):
+    """Output and the gradients of every argument."""
+    h = fn(*args, dense)
+    gh = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    # The final state gets a gradient of its own, as a carried state does.
+    loss = (h * gh.to(h.dtype)).sum() + h[:, -1].square().sum()
+    return h, torch.autograd.grad(loss, args)
+
+
+def _assert_same(got, expected, dtype):
+    (h, grads), (h_ref, grads_ref) = got, expected
+    torch.testing.assert_close(h, h_ref, **TOLERANCES[dtype])
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        # The weight's gradient is a sum over B T terms: compared relative to its size.
+        scale = g_ref.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(g / scale, g_ref / scale, **TOLERANCES[dtype])
+
+
+@needs_numba
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize(("B", "T"), [(1, 1), (3, 7), (2, 63), (2, 1000)])
+def test_native_layer_equals_step_loop(dense, dtype, B, T):
+    args = _arguments(B, T, 6, dense, dtype)
+    assert native_supported(*args)
+    _assert_same(_run(bistable_layer, args, dense), _run(_reference, args, dense), dtype)
+
+
+@needs_numba
+@pytest.mark.parametrize("dense", [False, True])
+def test_gradcheck_float64(dense):
+    args = _arguments(2, 5, 3, dense, F64)
+    assert torch.autograd.gradcheck(lambda d, h, w: bistable_layer(d, h, w, dense), args)
+
+
+@needs_numba
+@pytest.mark.parametrize("dense", [False, True])
+def test_threaded_kernels_equal_serial(monkeypatch, dense):
+    args = _arguments(5, 40, 33, dense, F64)
+    results = []
+    for threshold in (0, 1 << 40):
+        monkeypatch.setattr(brc_native, "PARALLEL_MIN_ELEMENTS", threshold)
+        h, grads = _run(bistable_layer, args, dense)
+        results.append([h, *grads])
+    for x, y in zip(*results, strict=True):
+        assert torch.equal(x, y)
+
+
+@needs_numba
+def test_no_grad_call_keeps_one_row_of_gates(monkeypatch):
+    calls = []
+    real = brc_native._empty
+    monkeypatch.setattr(brc_native, "_empty", lambda *a: calls.append(a) or real(*a))
+    drive, h0, weight = _arguments(2, 30, 4, True, F64)
+    with torch.no_grad():
+        h = bistable_layer(drive, h0, weight, True)
+    assert [shape for shape, _ in calls] == [(2, 30, 4), (2, 1, 12)]
+    torch.testing.assert_close(h, _reference(drive, h0, weight, True), rtol=1e-12, atol=1e-12)
+
+
+@needs_numba
+def test_input_without_gradient():
+    drive, h0, weight = _arguments(2, 9, 4, False, F64)
+    drive, h0 = drive.detach(), h0.detach()
+    (g,) = torch.autograd.grad(bistable_layer(drive, h0, weight, False).sum(), weight)
+    (g_ref,) = torch.autograd.grad(_reference(drive, h0, weight, False).sum(), weight)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [BRC, NBRC])
+def test_unit_equals_its_torch_loop(monkeypatch, cls):
+    # The unit's forward runs the kernels where supported, else its torch loop: both agree
+    # on outputs, final state and the gradients of the input, h0 and every parameter.
+    torch.manual_seed(0)
+    unit = cls(4, 6, output_size=3).double()
+    x = torch.randn(2, 50, 4, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 6, dtype=F64, requires_grad=True)
+    results = []
+    for available in (brc_native.AVAILABLE, False):
+        monkeypatch.setattr(brc_native, "AVAILABLE", available)
+        unit.zero_grad(set_to_none=True)
+        y, state = unit(x, unit.init_state(2)._replace(h=h0))
+        gx, gh0 = torch.autograd.grad(y.square().sum() + state.h.sum(), (x, h0), retain_graph=True)
+        (y.square().sum() + state.h.sum()).backward()
+        results.append([y, state.h, gx, gh0, *(p.grad for p in unit.parameters())])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_native_not_used_off_cpu_or_in_other_dtypes():
+    drive, h0, weight = torch.zeros(2, 3, 6), torch.zeros(2, 2), torch.zeros(2, 2)
+    assert native_supported(drive, h0, weight) == brc_native.AVAILABLE
+    assert not native_supported(drive.to(torch.bfloat16), h0, weight)
+    assert not native_supported(drive, h0.double(), weight)
+    assert not native_supported(drive.to("meta"), h0, weight)
+
+
+def test_bad_arguments(monkeypatch):
+    drive, h0 = torch.zeros(2, 3, 6), torch.zeros(2, 2)
+    if brc_native.AVAILABLE:
+        with pytest.raises(ValueError, match=r"weight: expected shape \(4, 2\)"):
+            bistable_layer(drive, h0, torch.zeros(2, 2), True)
+        with pytest.raises(ValueError, match=r"weight: expected shape \(2, 2\)"):
+            bistable_layer(drive, h0, torch.zeros(4, 2), False)
+    monkeypatch.setattr(brc_native, "AVAILABLE", False)
+    with pytest.raises(RuntimeError, match="needs numba"):
+        bistable_layer(drive, h0, torch.zeros(2, 2), False)

@@ -51,7 +51,11 @@ RUN_KEYS = (
     "eval_batch_size",
     "log_every",
     "betas",
+    "ckpt_every",
 )
+# Every run checkpoints `last` this often (steps) unless its config sets `ckpt_every`, so that
+# a killed experiment loses at most this many steps of the run it was in.
+CKPT_EVERY = 500
 
 
 class ExperimentError(Exception):
@@ -224,6 +228,7 @@ def run_one(
     task = build_task(cfg["task"], **task_kwargs)
     overrides = model_overrides(cfg, spec, task)
     train_keys = merge(cfg.get("train") or {}, spec.get("train") or {})
+    train_keys.setdefault("ckpt_every", CKPT_EVERY)
     unknown = sorted(set(train_keys) - set(RUN_KEYS))
     if unknown:
         raise ExperimentError(

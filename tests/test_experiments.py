@@ -131,6 +131,28 @@ def test_rerun_resumes_finished_runs_and_fresh_retrains(tmp_path: Path) -> None:
     assert (run_dir / "last").stat().st_ino != saved
 
 
+def test_runs_checkpoint_during_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run saves `last` every CKPT_EVERY steps unless its config sets ckpt_every, so that a
+    # killed experiment resumes its current run from there.
+    import yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {train_len: 12, delay: 2}\n"
+        "model_overrides: {d_model: 8, n_layers: 1}\n"
+        "models: {bmru: {model: bmru-small}, lru: {model: lru-small, train: {ckpt_every: 1}}}\n"
+        "train: {steps: 2, batch_size: 4, warmup: 1, eval_samples: 8}\n"
+        "evals: [{name: test, samples: 8}]\nseeds: [0]\n"
+    )
+    monkeypatch.setattr(run, "CKPT_EVERY", 7)
+    assert run.main([str(cfg), "--out", str(tmp_path / "out")]) == 0
+    runs = tmp_path / "out" / "runs" / "all"
+    saved = {
+        m: yaml.safe_load((runs / m / "seed0" / "config.yaml").read_text()) for m in ("bmru", "lru")
+    }
+    assert saved["bmru"]["ckpt_every"] == 7 and saved["lru"]["ckpt_every"] == 1
+
+
 def test_values_runs_part_of_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(

@@ -22,6 +22,7 @@ BENCHMARKS = {
     "scan": "linear_scan backends vs a plain loop, forward and backward",
     "lmu": "parallel LMU modes vs recurrent mode vs an LSTM of equal size",
     "src": "SRC network: fused loop vs plain loop",
+    "brc": "BRC / nBRC: compiled sequence kernels vs the torch step loop",
     "peers": "memrnn vs peer libraries (accelerated-scan, mingru-pytorch)",
     "inference": "step() latency of every unit at B=1/16 and its independence from position",
     "memory": "peak memory of a training step vs T for every unit",

@@ -100,6 +100,20 @@ def time_fn(
     return statistics.median(times)
 
 
+def time_interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall time in seconds of each of `runs`, which take turns within every repeat so
+    that a change in machine load hits them alike; a first round warms up (compilation,
+    allocator) and is not counted."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(repeats + 1):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            if rep > 0:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def write_results(
     name: str,
     rows: Sequence[dict[str, Any]],

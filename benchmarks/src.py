@@ -12,12 +12,11 @@ against the loop (outputs and gradients, float64); no speed-up is reported if on
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from functools import partial
 
 import torch
 
-from benchmarks.common import format_table, print_header, write_results
+from benchmarks.common import format_table, print_header, time_interleaved, write_results
 from memrnn.models.spiking import SpikingNetwork
 
 BACKENDS = ("native", "torch", "loop")
@@ -41,18 +40,13 @@ def _run(net: SpikingNetwork, x: torch.Tensor, train: bool) -> None:
 def _time_interleaved(
     net: SpikingNetwork, x: torch.Tensor, train: bool, repeats: int
 ) -> dict[str, float]:
-    """Median seconds per backend; the backends take turns within every repeat, so that a
-    change in machine load hits them alike."""
-    times: dict[str, list[float]] = {b: [] for b in BACKENDS}
-    for rep in range(repeats + 1):
-        for backend in BACKENDS:
-            _set_backend(net, backend)
-            t0 = time.perf_counter()
-            _run(net, x, train)
-            # The first round warms up (compilation, allocator) and is not counted.
-            if rep > 0:
-                times[backend].append(time.perf_counter() - t0)
-    return {b: statistics.median(t) for b, t in times.items()}
+    """Median seconds per backend, the backends taking turns (`time_interleaved`)."""
+
+    def run(backend: str) -> None:
+        _set_backend(net, backend)
+        _run(net, x, train)
+
+    return time_interleaved({b: partial(run, b) for b in BACKENDS}, repeats)
 
 
 def check_agreement(hidden: int, layers: int, backend: str) -> float:

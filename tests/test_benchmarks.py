@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from benchmarks import inference, memory, units
+from benchmarks import brc, inference, memory, units
 from benchmarks.__main__ import BENCHMARKS
 from benchmarks.__main__ import main as bench_main
 
@@ -178,3 +178,22 @@ def test_units_times_one_repetition_when_a_warm_step_is_slow(
         units, "_time_once", lambda u, x: (1.0 if u.mode == "recurrent" else 0.0, 1)
     )
     assert units._time_both(unit, units.torch.zeros(1, 3, 4), 3, slow_seconds=0.5)[2] == 1
+
+
+def test_brc_times_both_backends_and_refuses_when_they_disagree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brc.main(["--quick", "--out-dir", str(tmp_path)])
+    rows = _rows(tmp_path / "brc_quick.csv")
+    assert {(r["cell"], r["pass"], r["path"]) for r in rows} == {
+        (cell, p, path)
+        for cell in ("brc", "nbrc")
+        for p in ("train", "inference")
+        for path in ("native", "loop")
+    }
+    assert all(float(r["seconds"]) > 0 and float(r["speedup_vs_loop"]) > 0 for r in rows)
+    assert brc.check_agreement("nbrc") < 1e-9
+    monkeypatch.setattr(brc, "check_agreement", lambda name: 1e-3)
+    with pytest.raises(SystemExit, match="disagree"):
+        brc.main(["--quick", "--out-dir", str(tmp_path / "again")])
+    assert not (tmp_path / "again").exists()

@@ -108,23 +108,37 @@ def test_input_without_gradient():
 
 
 @pytest.mark.parametrize("cls", [BRC, NBRC])
-def test_unit_equals_its_torch_loop(monkeypatch, cls):
-    # The unit's forward runs the kernels where supported, else its torch loop: both agree
-    # on outputs, final state and the gradients of the input, h0 and every parameter.
+def test_unit_backends_agree(cls):
+    # "auto" runs the kernels where numba is installed; "loop" is the torch loop of `step`'s
+    # update. Both agree on outputs, final state and the gradients of x, h0 and every parameter.
     torch.manual_seed(0)
     unit = cls(4, 6, output_size=3).double()
     x = torch.randn(2, 50, 4, dtype=F64, requires_grad=True)
     h0 = torch.randn(2, 6, dtype=F64, requires_grad=True)
     results = []
-    for available in (brc_native.AVAILABLE, False):
-        monkeypatch.setattr(brc_native, "AVAILABLE", available)
+    for backend in ("auto", "loop"):
+        unit.backend = backend
         unit.zero_grad(set_to_none=True)
         y, state = unit(x, unit.init_state(2)._replace(h=h0))
-        gx, gh0 = torch.autograd.grad(y.square().sum() + state.h.sum(), (x, h0), retain_graph=True)
-        (y.square().sum() + state.h.sum()).backward()
-        results.append([y, state.h, gx, gh0, *(p.grad for p in unit.parameters())])
+        loss = y.square().sum() + state.h.sum()
+        loss.backward()
+        results.append([y, state.h, x.grad, h0.grad, *(p.grad for p in unit.parameters())])
+        x.grad = h0.grad = None
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_unit_backend_choices(monkeypatch):
+    assert "backend='auto'" in repr(BRC(2, 3))
+    with pytest.raises(ValueError, match="backend"):
+        NBRC(2, 3, backend="fused")
+    # "auto" falls back to the loop where the kernels cannot run; "native" says why not.
+    unit = BRC(2, 3, dtype=torch.bfloat16)
+    x = torch.randn(1, 4, 2, dtype=torch.bfloat16)
+    assert unit(x)[0].shape == (1, 4, 3)
+    unit.backend = "native"
+    with pytest.raises(RuntimeError, match="native BRC kernel needs"):
+        unit(x)
 
 
 def test_native_not_used_off_cpu_or_in_other_dtypes():

@@ -23,7 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from memrnn.units import brc_native
-from memrnn.units.base import RecurrentUnit, register_unit
+from memrnn.units.base import RecurrentUnit, check_choice, register_unit
+
+BACKENDS = ("auto", "native", "loop")
 
 
 class BRCState(NamedTuple):
@@ -43,10 +45,12 @@ class _BistableCell(RecurrentUnit):
         hidden_size: int,
         output_size: int | None = None,
         mode: str = "recurrent",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(input_size, hidden_size, output_size, mode)
+        self.backend = check_choice("backend", backend, BACKENDS, type(self).__name__)
         factory = {"device": device, "dtype": dtype}
         # Rows [0, H): U_a, [H, 2H): U_c, [2H, 3H): U.
         self.in_proj = nn.Linear(input_size, 3 * hidden_size, **factory)
@@ -90,10 +94,15 @@ class _BistableCell(RecurrentUnit):
     def _output(self, h: Tensor) -> Tensor:
         return h if self.out_proj is None else self.out_proj(h)
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
     def _forward_recurrent(self, x: Tensor, state: BRCState) -> tuple[Tensor, BRCState]:
         drive = self.in_proj(x)  # (B, T, 3H)
         weight = self._feedback_weight()
-        if brc_native.native_supported(drive, state.h, weight):
+        if self.backend == "native" or (
+            self.backend == "auto" and brc_native.native_supported(drive, state.h, weight)
+        ):
             hs = brc_native.bistable_layer(drive, state.h, weight, self.dense_feedback)
             return self._output(hs), BRCState(hs[:, -1])
         h = state.h
@@ -124,6 +133,9 @@ class BRC(_BistableCell):
         output_size: features of y; None (default) returns h, otherwise an output linear
             projection H -> output_size is added.
         mode: "recurrent" (default and only mode).
+        backend: how a sequence runs: "native", compiled kernels for the whole sequence
+            (`memrnn.units.brc_native`; CPU, float32/float64, numba), "loop", a torch loop of
+            `step`'s update, or "auto" (default), "native" where it runs, else "loop".
         device, dtype: of the parameters.
 
     Shapes:
@@ -142,10 +154,13 @@ class BRC(_BistableCell):
         hidden_size: int,
         output_size: int | None = None,
         mode: str = "recurrent",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, mode, device=device, dtype=dtype)
+        super().__init__(
+            input_size, hidden_size, output_size, mode, backend, device=device, dtype=dtype
+        )
         factory = {"device": device, "dtype": dtype}
         self.w_a = nn.Parameter(torch.empty(hidden_size, **factory))
         self.w_c = nn.Parameter(torch.empty(hidden_size, **factory))
@@ -184,6 +199,9 @@ class NBRC(_BistableCell):
         output_size: features of y; None (default) returns h, otherwise an output linear
             projection H -> output_size is added.
         mode: "recurrent" (default and only mode).
+        backend: how a sequence runs: "native", compiled kernels for the whole sequence
+            (`memrnn.units.brc_native`; CPU, float32/float64, numba), "loop", a torch loop of
+            `step`'s update, or "auto" (default), "native" where it runs, else "loop".
         device, dtype: of the parameters.
 
     Shapes:
@@ -204,10 +222,13 @@ class NBRC(_BistableCell):
         hidden_size: int,
         output_size: int | None = None,
         mode: str = "recurrent",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, mode, device=device, dtype=dtype)
+        super().__init__(
+            input_size, hidden_size, output_size, mode, backend, device=device, dtype=dtype
+        )
         factory = {"device": device, "dtype": dtype}
         # Rows [0, H): W_a, [H, 2H): W_c, so that both feedbacks are one matmul.
         self.memory_weight = nn.Parameter(torch.empty(2 * hidden_size, hidden_size, **factory))

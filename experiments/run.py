@@ -484,7 +484,8 @@ def write_outputs(
         "",
         f"- command: `{meta['command']}`",
         f"- machine: {meta['machine']}",
-        f"- torch {meta['torch']}, commit {meta['commit']}, finished {meta['date']}",
+        f"- torch {meta['torch']}, commit {meta['commit']} (at the start; each run's is in "
+        f"results.csv), finished {meta['date']}",
         f"- seeds: {', '.join(map(str, meta['seeds']))}; training steps per run: "
         f"{cfg.get('train', {}).get('steps', 'default')}; wall time of this invocation "
         f"{meta['wall_s']:.0f} s; training time summed over runs {run_time(rows):.0f} s "
@@ -608,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped: {message}", file=sys.stderr)
             return 0 if args.quick else 2
         sweep_key, values = sweep_values(cfg)
+        # The code the runs use: the commit when they start (one finishing later may see more).
+        commit = git_commit()
         started = time.perf_counter()
         rows: list[dict[str, Any]] = []
         metrics: list[str] | None = None
@@ -627,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.data_dir,
                         fresh=args.fresh,
                     )
+                    for row in new:
+                        row["commit"] = commit
                     rows += new
                     if metrics is None:
                         from memrnn.tasks.registry import get_task_class
@@ -667,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "machine": machine(),
             "torch": torch.__version__,
-            "commit": git_commit(),
+            "commit": commit,
             "seeds": seeds,
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "wall_s": time.perf_counter() - started,

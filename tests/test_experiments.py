@@ -82,6 +82,7 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 2
     assert {r["eval"] for r in rows} == {"short", "long"}
+    assert len({r["commit"] for r in rows}) == 1 and rows[0]["commit"]
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| bmru |" in md and "seeds: 0, 1" in md and "±" in md
     assert "training time summed over runs" in md

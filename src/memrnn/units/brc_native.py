@@ -176,7 +176,6 @@ class _BistableLayer(torch.autograd.Function):
     def forward(ctx, drive, h0, weight, dense, keep):  # type: ignore[override]
         B, T, H3 = drive.shape
         H = H3 // 3
-        drive = drive.contiguous()
         h = _empty((B, T, H), drive.dtype)
         # The gates are kept only when a backward pass can come (`keep`: grad mode at the call).
         save = keep and any(ctx.needs_input_grad[:3])
@@ -184,7 +183,7 @@ class _BistableLayer(torch.autograd.Function):
         kernel = _forward_threaded if _threaded(drive) else _forward_serial
         w = _arr(weight)
         w_t = np.ascontiguousarray(w.T)
-        kernel(drive.numpy(), _arr(h0), w, w_t, dense, h.numpy(), gates.numpy(), save)
+        kernel(_arr(drive), _arr(h0), w, w_t, dense, h.numpy(), gates.numpy(), save)
         if save:
             ctx.save_for_backward(h0, weight, h, gates)
             ctx.dense = dense

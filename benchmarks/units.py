@@ -18,8 +18,8 @@ Before timing, each unit's parallel and recurrent outputs and gradients are comp
 float64 on a small input; a unit that fails this check gets no speed-up reported (its row says
 why). Recurrent mode of the units without a fused kernel is a Python loop over time steps, so
 it is slow at long T: above `--single-rep-len` (default 4096) it is timed once, without a
-warm-up, and above `--max-recurrent-len` (default 4096) it is not timed at all; a full run then
-finishes in about a quarter of an hour on a 2-core CPU. Cases whose first step takes longer
+warm-up, and above `--max-recurrent-len` (default 16384: every length of a default run) it is
+not timed at all; a full run then takes about 20 minutes on a 2-core CPU. Cases whose first step takes longer
 than `--slow-seconds` are also timed once after that warm-up.
 
 The process keeps freed memory for reuse (`memrnn.runtime.keep_freed_memory`, as the training
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-recurrent-len",
         type=int,
-        default=4096,
+        default=16384,
         help="skip recurrent timing of Python-loop units above this length",
     )
     parser.add_argument(

@@ -19,8 +19,8 @@ float64 on a small input; a unit that fails this check gets no speed-up reported
 why). Recurrent mode of the units without a fused kernel is a Python loop over time steps, so
 it is slow at long T: above `--single-rep-len` (default 4096) it is timed once, without a
 warm-up, and above `--max-recurrent-len` (default 16384: every length of a default run) it is
-not timed at all; a full run then takes about 20 minutes on a 2-core CPU. Cases whose first step takes longer
-than `--slow-seconds` are also timed once after that warm-up.
+not timed at all; a full run took 10 minutes on a 2-core CPU (T = 256 ... 16384). Cases whose first
+step takes longer than `--slow-seconds` are also timed once after that warm-up.
 
 The process keeps freed memory for reuse (`memrnn.runtime.keep_freed_memory`, as the training
 CLI does), so that steps do not take page faults over their activations again each time; it

@@ -189,7 +189,7 @@ def test_brc_times_both_backends_and_refuses_when_they_disagree(
         (cell, p, path)
         for cell in ("brc", "nbrc")
         for p in ("train", "inference")
-        for path in ("native", "loop")
+        for path in ("numba", "naive")
     }
     assert all(float(r["seconds"]) > 0 and float(r["speedup_vs_loop"]) > 0 for r in rows)
     assert brc.check_agreement("nbrc") < 1e-9

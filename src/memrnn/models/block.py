@@ -1,4 +1,4 @@
-"""The pre-norm residual block that stacks any registered unit (SPEC §2.4).
+"""The pre-norm residual block that stacks any registered unit.
 
     x <- x + Dropout(Unit(Norm(x)))
     x <- x + Dropout(GLU-MLP(Norm(x)))        (dropped with mlp=False)

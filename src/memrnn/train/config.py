@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from memrnn.ops.dispatch import BACKENDS
+
 
 class UsageError(Exception):
     """A mistake in how memrnn was called (config, names, paths); the CLI prints it on one
@@ -63,6 +65,8 @@ class TrainConfig:
     dtype: parameter dtype, "float32" or "float64" (e.g. for exact equivalence checks).
     precision: "fp32", or "bf16" (CUDA only): autocast to bfloat16 around the model, with
         the recurrent units (their parameters and scans) kept in float32.
+    backend: the backend of every recurrent unit's op ("auto", "naive", "torch", "numba",
+        "triton"; see `memrnn.ops.dispatch`).
     skip_nonfinite_grads: skip (and count) optimiser steps whose loss or gradients are not
         finite, instead of stopping the run.
     debug_nan_at_step: testing aid: make the gradients of this step NaN.
@@ -99,6 +103,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     precision: str = "fp32"
+    backend: str = "auto"
     skip_nonfinite_grads: bool = False
     debug_nan_at_step: int | None = None
     resume: bool = False
@@ -304,7 +309,7 @@ def check_config(c: TrainConfig) -> None:
         raise UsageError(f"config key 'betas' expects two numbers, got {c.betas!r}")
     if c.epsilon_schedule:
         parse_epsilon_schedule(c.epsilon_schedule)
-    for key, choices in (("dtype", DTYPES), ("precision", PRECISIONS)):
+    for key, choices in (("dtype", DTYPES), ("precision", PRECISIONS), ("backend", BACKENDS)):
         if getattr(c, key) not in choices:
             raise UsageError(
                 f"config key {key!r} must be one of {', '.join(choices)}, got {getattr(c, key)!r}"

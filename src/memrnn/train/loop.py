@@ -65,6 +65,7 @@ from memrnn.train.distributed import (
 )
 from memrnn.train.logging import MetricsLogger
 from memrnn.units import is_no_weight_decay
+from memrnn.units.base import set_backend
 
 CONFIG_YAML = "config.yaml"
 
@@ -373,6 +374,7 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
         except ValueError as err:
             raise UsageError(_one_line(err)) from None
     model = build_model(model_config).to(device=device, dtype=dtype)
+    set_backend(model, config.backend)
     if info.distributed:
         # Same initial weights on every rank (above), but independent dropout masks.
         torch.manual_seed(shard_generator_seed(config.seed, info.rank))

@@ -278,6 +278,20 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     return out
 
 
+# -- the kernels' common argument check --------------------------------------------------------
+def check_kernel_input(
+    t: Tensor, kernel: str, dtypes: tuple[torch.dtype, ...], available: bool
+) -> None:
+    """RuntimeError naming `kernel` unless numba is `available` and t is a CPU tensor of one of
+    `dtypes` (what every compiled kernel needs of its arguments)."""
+    if not available:
+        raise RuntimeError(f"{kernel} needs numba: pip install numba")
+    if t.device.type != "cpu":
+        raise RuntimeError(f"{kernel} runs on CPU tensors, got device {t.device}")
+    if t.dtype not in dtypes:
+        raise RuntimeError(f"{kernel} does not support dtype {t.dtype}")
+
+
 # -- threads and compiled builds -------------------------------------------------------------------
 def chunk_size(batch: int, channels: int) -> int:
     # Long contiguous rows stream best (measured: chunks of 64 channels ran 4x slower than 256),
@@ -407,6 +421,7 @@ def compile_pair(fn: Callable, **options: object) -> tuple[Callable, Callable]:
 __all__ = [
     "DEFAULT_LIMIT",
     "NUMBA_AVAILABLE",
+    "check_kernel_input",
     "chunk_size",
     "compile_kernel",
     "compile_pair",

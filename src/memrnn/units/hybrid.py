@@ -140,10 +140,7 @@ class Hybrid(RecurrentUnit):
     @mode.setter
     def mode(self, value: str) -> None:
         RecurrentUnit.mode.fset(self, value)
-        # During RecurrentUnit.__init__ the branches do not exist yet.
-        for part in (self._modules.get("mru"), self._modules.get("ssm")):
-            if part is not None:
-                part.mode = value
+        self._set_on_parts("mode", value)
 
     @property
     def backend(self) -> str:
@@ -152,9 +149,13 @@ class Hybrid(RecurrentUnit):
     @backend.setter
     def backend(self, value: str) -> None:
         RecurrentUnit.backend.fset(self, value)
+        self._set_on_parts("backend", value)
+
+    def _set_on_parts(self, name: str, value: str) -> None:
+        # During RecurrentUnit.__init__ the branches do not exist yet.
         for part in (self._modules.get("mru"), self._modules.get("ssm")):
             if part is not None:
-                part.backend = value
+                setattr(part, name, value)
 
     def init_state(
         self,

@@ -32,7 +32,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.ops._cpu import compile_pair, empty, flush_tiny, vec_sigmoid, vec_tanh
+from memrnn.ops._cpu import (
+    check_kernel_input,
+    compile_pair,
+    empty,
+    flush_tiny,
+    vec_sigmoid,
+    vec_tanh,
+)
 
 try:
     import numba
@@ -211,12 +218,11 @@ class _BistableLayer(torch.autograd.Function):
 def bistable_layer(drive: Tensor, h0: Tensor, weight: Tensor, dense: bool) -> Tensor:
     """`memrnn.ops.brc.bistable_layer` in the compiled kernels (CPU float32/float64 tensors
     of one dtype; raises RuntimeError otherwise)."""
-    if not (AVAILABLE and drive.device.type == "cpu" and drive.dtype in SUPPORTED_DTYPES) or (
-        h0.device != drive.device or h0.dtype != drive.dtype or weight.dtype != drive.dtype
-    ):
+    check_kernel_input(drive, "the numba BRC kernel", SUPPORTED_DTYPES, AVAILABLE)
+    if h0.device != drive.device or h0.dtype != drive.dtype or weight.dtype != drive.dtype:
         raise RuntimeError(
-            "the numba BRC kernel needs numba and CPU float32/float64 tensors of one dtype, "
-            f"got drive {drive.dtype} on {drive.device}, h0 {h0.dtype}, weight {weight.dtype}"
+            "the numba BRC kernel needs h0 and weight of drive's dtype and device, got drive "
+            f"{drive.dtype} on {drive.device}, h0 {h0.dtype} on {h0.device}, weight {weight.dtype}"
         )
     return _BistableLayer.apply(drive, h0, weight, dense, torch.is_grad_enabled())
 

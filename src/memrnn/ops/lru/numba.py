@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.ops._cpu import empty, row_chunks
+from memrnn.ops._cpu import check_kernel_input, empty, row_chunks
 
 try:
     import numba
@@ -162,12 +162,7 @@ if AVAILABLE:
 
 
 def _check(t: Tensor) -> None:
-    if not AVAILABLE:
-        raise RuntimeError("the native LRU kernel needs numba: pip install numba")
-    if t.device.type != "cpu":
-        raise RuntimeError(f"the native LRU kernel runs on CPU tensors, got device {t.device}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"the native LRU kernel does not support dtype {t.dtype}")
+    check_kernel_input(t, "the numba LRU kernel", SUPPORTED_DTYPES, AVAILABLE)
 
 
 def _arr(t: Tensor) -> np.ndarray:

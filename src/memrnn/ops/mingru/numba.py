@@ -28,7 +28,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from memrnn.ops._cpu import compile_pair, empty, row_chunks, row_job, row_jobs, row_split
+from memrnn.ops._cpu import (
+    check_kernel_input,
+    compile_pair,
+    empty,
+    row_chunks,
+    row_job,
+    row_jobs,
+    row_split,
+)
 
 try:
     import numba
@@ -106,12 +114,7 @@ if AVAILABLE:
 
 
 def _check(t: Tensor) -> None:
-    if not AVAILABLE:
-        raise RuntimeError("the native minGRU kernel needs numba: pip install numba")
-    if t.device.type != "cpu":
-        raise RuntimeError(f"the native minGRU kernel runs on CPU tensors, got device {t.device}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"the native minGRU kernel does not support dtype {t.dtype}")
+    check_kernel_input(t, "the numba minGRU kernel", SUPPORTED_DTYPES, AVAILABLE)
 
 
 class _MinGRULayer(torch.autograd.Function):

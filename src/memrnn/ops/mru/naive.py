@@ -8,6 +8,9 @@ H and sign are exact forward and take the surrogate derivative backward
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -44,21 +47,28 @@ def mru_scan(
     return torch.stack(hs, dim=1), z.mean()
 
 
-def mru_layer(
-    x: Tensor,
-    w_in: Tensor,
-    b_in: Tensor | None,
-    h0: Tensor,
-    w_out: Tensor,
-    b_out: Tensor | None,
-    epsilon: float,
-    surrogate: str | SurrogateFn,
-    sharpness: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, h_T, mean write rate); see `memrnn.ops.mru.mru_layer`."""
-    c, beta_raw = F.linear(x, w_in, b_in).chunk(2, dim=-1)  # (B, T, N) each
-    h, rate = mru_scan(c, beta_raw, h0, epsilon, surrogate, sharpness, beta_abs=True)
-    return F.linear(h, w_out, b_out), h[:, -1], rate
+def layer_around(scan: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., Any]:
+    """`mru_layer` built on a backend's `mru_scan`: projection, recurrence, readout."""
+
+    def mru_layer(
+        x: Tensor,
+        w_in: Tensor,
+        b_in: Tensor | None,
+        h0: Tensor,
+        w_out: Tensor,
+        b_out: Tensor | None,
+        epsilon: float,
+        surrogate: str | SurrogateFn,
+        sharpness: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(y, h_T, mean write rate); see `memrnn.ops.mru.mru_layer`."""
+        c, beta_raw = F.linear(x, w_in, b_in).chunk(2, dim=-1)  # (B, T, N) each
+        h, rate = scan(c, beta_raw, h0, epsilon, surrogate, sharpness, beta_abs=True)
+        return F.linear(h, w_out, b_out), h[:, -1], rate
+
+    return mru_layer
 
 
-__all__ = ["mru_gates", "mru_layer", "mru_scan"]
+mru_layer = layer_around(mru_scan)
+
+__all__ = ["layer_around", "mru_gates", "mru_layer", "mru_scan"]

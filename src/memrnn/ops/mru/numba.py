@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from memrnn.ops._cpu import (
+    check_kernel_input,
     chunk_size,
     compile_pair,
     empty,
@@ -241,15 +242,10 @@ if AVAILABLE:
 
 
 def _check(c: Tensor, surrogate: object) -> None:
-    if not AVAILABLE:
-        raise RuntimeError("the numba MRU kernels need numba: pip install numba")
-    if c.device.type != "cpu" or c.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(
-            f"the numba MRU kernels run on CPU float32/float64 tensors, got {c.dtype} on {c.device}"
-        )
+    check_kernel_input(c, "the numba MRU kernel", SUPPORTED_DTYPES, AVAILABLE)
     if not isinstance(surrogate, str) or surrogate not in SURROGATE_CODES:
         raise RuntimeError(
-            f"the numba MRU kernels need a named surrogate {tuple(SURROGATE_CODES)}, "
+            f"the numba MRU kernel needs a named surrogate {tuple(SURROGATE_CODES)}, "
             f"got {surrogate!r}"
         )
 

@@ -8,9 +8,8 @@ the general scan is used for every ε.
 from __future__ import annotations
 
 from torch import Tensor
-from torch.nn import functional as F
 
-from memrnn.ops.mru.naive import mru_gates
+from memrnn.ops.mru.naive import layer_around, mru_gates
 from memrnn.ops.scan import linear_scan
 from memrnn.ops.surrogate import SurrogateFn, get_surrogate
 
@@ -31,21 +30,7 @@ def mru_scan(
     return h, z.mean()
 
 
-def mru_layer(
-    x: Tensor,
-    w_in: Tensor,
-    b_in: Tensor | None,
-    h0: Tensor,
-    w_out: Tensor,
-    b_out: Tensor | None,
-    epsilon: float,
-    surrogate: str | SurrogateFn,
-    sharpness: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, h_T, mean write rate); see `memrnn.ops.mru.mru_layer`."""
-    c, beta_raw = F.linear(x, w_in, b_in).chunk(2, dim=-1)  # (B, T, N) each
-    h, rate = mru_scan(c, beta_raw, h0, epsilon, surrogate, sharpness, beta_abs=True)
-    return F.linear(h, w_out, b_out), h[:, -1], rate
+mru_layer = layer_around(mru_scan)
 
 
 __all__ = ["mru_layer", "mru_scan"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.ops._cpu import chunk_size, compile_pair, empty, job_bounds
+from memrnn.ops._cpu import check_kernel_input, chunk_size, compile_pair, empty, job_bounds
 from memrnn.ops.scan.autograd import differentiable
 
 try:
@@ -151,12 +151,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
 def _check(t: Tensor) -> None:
-    if not AVAILABLE:
-        raise RuntimeError("the 'numba' scan backend needs numba: pip install numba")
-    if t.device.type != "cpu":
-        raise RuntimeError(f"the 'numba' scan backend runs on CPU tensors, got device {t.device}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"the 'numba' scan backend does not support dtype {t.dtype}")
+    check_kernel_input(t, "the 'numba' scan backend", SUPPORTED_DTYPES, AVAILABLE)
 
 
 def native_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:

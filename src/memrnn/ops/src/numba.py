@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from memrnn.ops._cpu import (
+    check_kernel_input,
     chunk_size,
     compile_pair,
     empty,
@@ -215,12 +216,7 @@ if AVAILABLE:
 
 
 def _check(t: Tensor) -> None:
-    if not AVAILABLE:
-        raise RuntimeError("the numba SRC kernel needs numba: pip install numba")
-    if t.device.type != "cpu":
-        raise RuntimeError(f"the numba SRC kernel runs on CPU tensors, got device {t.device}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"the numba SRC kernel does not support dtype {t.dtype}")
+    check_kernel_input(t, "the numba SRC kernel", SUPPORTED_DTYPES, AVAILABLE)
 
 
 def _constants(c) -> np.ndarray:

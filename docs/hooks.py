@@ -73,9 +73,7 @@ def on_files(files: Files, config: Any) -> Files:
             if png.stem.endswith("_quick"):
                 continue
             files.append(
-                File.generated(
-                    config, f"results/benchmarks/{png.name}", abs_src_path=str(png)
-                )
+                File.generated(config, f"results/benchmarks/{png.name}", abs_src_path=str(png))
             )
     return files
 
@@ -150,7 +148,12 @@ def train_reference() -> str:
             default = None
         shown = "" if default is None else f"`{default}`"
         option = "--" + f.name.replace("_", "-")
-        description = docs.get(f.name, "").replace("|", "\\|")
+        description = docs.get(f.name, "")
+        if not description:
+            # Fields documented inside another field's entry point there.
+            owner = next((k for k, text in docs.items() if f.name in text), None)
+            description = f"see `--{owner.replace('_', '-')}`" if owner else ""
+        description = description.replace("|", "\\|")
         lines.append(f"| `{option}` | `{_type_name(f.type)}` | {shown} | {description} |")
     return "\n".join(lines)
 

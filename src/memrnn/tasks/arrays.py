@@ -126,14 +126,14 @@ def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
                 f"arrays: {path} line {number}: the rows of sequence {label!r} are not consecutive"
             )
         if label in seqs and seqs[label][0] != split:
-            raise ValueError(
-                f"arrays: {path} line {number}: sequence {label!r} changes split"
-            )
+            raise ValueError(f"arrays: {path} line {number}: sequence {label!r} changes split")
         try:
             xs = [float(row[i]) for i in x_cols]
             ys = [float(row[i]) for i in y_cols]
         except ValueError:
-            raise ValueError(f"arrays: {path} line {number} has a value that is not a number") from None
+            raise ValueError(
+                f"arrays: {path} line {number} has a value that is not a number"
+            ) from None
         entry = seqs.setdefault(label, (split, [], []))
         entry[1].append(xs)
         entry[2].append(ys)

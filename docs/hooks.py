@@ -54,7 +54,10 @@ def experiment_page(text: str) -> str:
         if not line.strip() and out and not out[-1].strip():
             continue
         out.append(line)
-    return "\n".join(out).strip() + "\n"
+    text = "\n".join(out).strip() + "\n"
+    if any(line.startswith("|") and "| paper" in line for line in out):
+        text += "\nThe `paper` column is quoted from the publication, not measured here.\n"
+    return text
 
 
 def on_files(files: Files, config: Any) -> Files:

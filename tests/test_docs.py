@@ -10,9 +10,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("mkdocs")
-pytest.importorskip("material")
-pytest.importorskip("mkdocstrings_handlers.python")
+
+def test_python_examples_of_the_guides_run(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    for page in ("getting-started.md", "scan.md", "own-model.md", "own-data.md"):
+        text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+        blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+        assert blocks, page
+        # Names the streaming example leaves to the reader.
+        namespace = {"prompt": torch.randn(2, 7, 16), "live_inputs": [torch.randn(2, 16)]}
+        for block in blocks:
+            exec(compile(block, page, "exec"), namespace)
+
+
+def _needs_mkdocs() -> None:
+    for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
+        pytest.importorskip(module)
 
 # Pages that docstrings link to: they must keep these paths.
 PAGES = [
@@ -33,6 +48,7 @@ PAGES = [
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    _needs_mkdocs()
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

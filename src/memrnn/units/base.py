@@ -161,6 +161,7 @@ class RecurrentUnit(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> NamedTuple:
+        """The state a sequence starts from, for `batch_size` sequences."""
         raise NotImplementedError
 
     def _forward_parallel(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
@@ -274,6 +275,18 @@ class RecurrentUnit(nn.Module):
     def forward(
         self, x: Tensor, state: NamedTuple | None = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, NamedTuple]:
+        """Runs the unit over a sequence in its current mode.
+
+        Args:
+            x: (B, T, input_size) inputs.
+            state: the state to start from (None: `init_state`).
+            lengths: (B,) integer valid length of each sequence, in [1, T] (None: all T).
+                Outputs past a sequence's length are unspecified; the returned state is the
+                state at its last valid step, in every mode.
+
+        Returns:
+            y (B, T, output_size) and the final state.
+        """
         x = self.check_input(x)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
@@ -347,6 +360,7 @@ class RecurrentUnit(nn.Module):
 
     @_recurrence_in_float32
     def step(self, x_t: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
+        """One step: x_t (B, input_size) and a state -> (y_t (B, output_size), new state)."""
         x_t = self.check_step_input(x_t)
         if state is None:
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)

@@ -29,6 +29,7 @@ def _needs_mkdocs() -> None:
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
         pytest.importorskip(module)
 
+
 # Pages that docstrings link to: they must keep these paths.
 PAGES = [
     "scan.md",

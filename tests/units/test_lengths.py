@@ -145,7 +145,7 @@ def test_linear_scan_lengths_freeze_the_state_and_gradients() -> None:
         linear_scan(a, b, lengths=torch.tensor([1.0, 1.0, 1.0]))
 
 
-@pytest.mark.parametrize("name", ["bmru-small", "lru-small", "gru-small"])
+@pytest.mark.parametrize("name", ["bmru-small", "lru-small", "gru-small", "src-digits"])
 def test_network_final_states_are_those_of_each_sequence(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, input_size=D, output_size=2).double().eval()

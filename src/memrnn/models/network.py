@@ -229,7 +229,7 @@ class SpikingModel(nn.Module):
     def forward(
         self, x: Tensor, state: Any = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, Any]:
-        out, state = self.net(x, state)  # (B, T, C)
+        out, state = self.net(x, state, lengths=lengths)  # (B, T, C)
         B, T = out.shape[:2]
         head = self.config.head
         if head in ("sequence", "next-token"):

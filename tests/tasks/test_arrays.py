@@ -188,7 +188,18 @@ def test_cli_train_eval_resume_and_changed_file(tmp_path, capsys):
     assert "is missing" in capsys.readouterr().err
 
 
-def test_cli_per_step_regression_from_csv(tmp_path, capsys):
+def test_cli_per_step_regression_from_csv(tmp_path, capsys, monkeypatch):
+    from memrnn.models.network import Network
+
+    seen = []
+    forward = Network.forward
+
+    def spy(self, x, state=None, lengths=None):
+        seen.append(lengths)
+        return forward(self, x, state, lengths)
+
+    # The training loop and evaluation pass the padded batches' lengths to the model.
+    monkeypatch.setattr(Network, "forward", spy)
     rows = ["sequence,x,y"]
     rng = np.random.default_rng(0)
     for s in range(12):
@@ -202,6 +213,7 @@ def test_cli_per_step_regression_from_csv(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--model", "mingru-small", "--task", "arrays", "--task.path", str(data)]
     assert main([*argv, "--task.val_fraction", "0.2", "--out", str(run), *TINY]) == 0
+    assert seen and all(n is not None and n.dim() == 1 for n in seen)
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--split", "val"]) == 0
     assert "mse=" in capsys.readouterr().out

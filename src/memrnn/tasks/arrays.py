@@ -191,8 +191,9 @@ class ArraysTask(Task):
             records it, and a mismatch is a ValueError naming the path.
 
     Example:
-        >>> np.savez(tmp / "d.npz", x=np.zeros((20, 7, 3), "float32"), y=np.arange(20) % 2)
-        >>> task = ArraysTask(str(tmp / "d.npz"))
+        >>> path = Path(tempfile.mkdtemp()) / "d.npz"
+        >>> np.savez(path, x=np.zeros((20, 7, 3), "float32"), y=np.arange(20) % 2)
+        >>> task = ArraysTask(str(path))
         >>> assert task.batch(4).x.shape == (4, 7, 3) and task.output_size == 2
     """
 

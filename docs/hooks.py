@@ -54,10 +54,12 @@ def experiment_page(text: str) -> str:
         if not line.strip() and out and not out[-1].strip():
             continue
         out.append(line)
-    text = "\n".join(out).strip() + "\n"
     if any(line.startswith("|") and "| paper" in line for line in out):
-        text += "\nThe `paper` column is quoted from the publication, not measured here.\n"
-    return text
+        # Say so under the table, in place of the dropped sentence that did.
+        end = max(i for i, line in enumerate(out) if line.startswith("|"))
+        note = "The `paper` column is quoted from the publication, not measured here."
+        out[end + 1 : end + 1] = ["", note]
+    return "\n".join(out).strip() + "\n"
 
 
 def on_files(files: Files, config: Any) -> Files:

@@ -5,13 +5,16 @@
   fields of `memrnn.train.config.TrainConfig` (its options are parsed from that dataclass).
 - `results/<experiment>/index.md`: one page per committed full experiment run
   (`experiments/results/<name>/results.md`: its heading, run details and tables, with its plot),
-  and `results/benchmarks/<name>.png`: the committed benchmark plots.
+  and `results/benchmarks/index.md`: every committed benchmark CSV as a table, with its machine
+  and plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,58 @@ def experiment_page(text: str) -> str:
     return "\n".join(out).strip() + "\n"
 
 
+def _cell(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value.replace("|", "\\|")
+    if value.strip().lstrip("-").isdigit():
+        return value
+    return f"{number:.0f}" if abs(number) >= 1000 else f"{number:.4g}"
+
+
+def benchmark_page() -> str:
+    """Every committed benchmark result (benchmarks/results/NAME.csv) as a table, with the
+    machine it ran on (NAME.json) and its plot (NAME.png)."""
+    lines = [
+        # Wide tables: the page gives the table of contents' column to them.
+        "---",
+        "hide:",
+        "  - toc",
+        "---",
+        "",
+        "# Benchmark results",
+        "",
+        "Generated from the committed files in `benchmarks/results/`; each table is one run of",
+        "`python -m benchmarks NAME` (times in seconds or milliseconds as the column says,",
+        "speed-ups measured within the same run). See the Results summary for what they show.",
+        "",
+    ]
+    for path in sorted(BENCHMARKS.glob("*.csv")):
+        if path.stem.endswith("_quick"):
+            continue
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            continue
+        lines += [f"## {path.stem}", ""]
+        meta = path.with_suffix(".json")
+        if meta.is_file():
+            machine = json.loads(meta.read_text()).get("machine") or {}
+            if isinstance(machine, dict) and machine:
+                keys = ("cpu", "cpu_count", "torch_threads", "torch", "commit", "cuda")
+                text = ", ".join(f"{k} {machine[k]}" for k in keys if k in machine)
+                lines += [f"Machine: {text}.", ""]
+        lines.append("| " + " | ".join(rows[0]) + " |")
+        lines.append("|" + "---|" * len(rows[0]))
+        for row in rows[1:]:
+            lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+        lines.append("")
+        if path.with_suffix(".png").is_file():
+            lines += [f"![{path.stem}]({path.stem}.png)", ""]
+    return "\n".join(lines)
+
+
 def on_files(files: Files, config: Any) -> Files:
     for name in experiment_names():
         folder = EXPERIMENTS / name
@@ -74,6 +129,8 @@ def on_files(files: Files, config: Any) -> Files:
                 )
             )
     if BENCHMARKS.is_dir():
+        page = benchmark_page()
+        files.append(File.generated(config, "results/benchmarks/index.md", content=page))
         for png in sorted(BENCHMARKS.glob("*.png")):
             if png.stem.endswith("_quick"):
                 continue

@@ -68,6 +68,8 @@ def test_strict_build_has_every_page(site):
     for page in PAGES:
         assert (site / page.replace(".md", ".html")).is_file(), page
     assert (site / "results" / "benchmarks" / "units.png").is_file()
+    benchmarks = (site / "results" / "benchmarks" / "index.html").read_text(encoding="utf-8")
+    assert "speedup_vs_loop" in benchmarks  # the tables of the committed CSV files
 
 
 def test_cli_reference_is_generated_from_the_parsers(site):

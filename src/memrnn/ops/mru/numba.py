@@ -132,7 +132,7 @@ if AVAILABLE:
         for job in prange(B * n_chunks):
             ib, m0, m1 = job_bounds(job, n_chunks, chunk, M)
             width = m1 - m0
-            # Private state and write counter: see memrnn.scan.native on why not read h back.
+            # Private state and write counter: see memrnn.ops.scan.numba on why not read h back.
             state = h0[ib, m0:m1].copy()
             count = np.zeros(width, dtype=h.dtype)
             for t in range(T):

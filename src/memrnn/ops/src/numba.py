@@ -210,7 +210,7 @@ if AVAILABLE:
             ghs0[ib, m0:m1] = ghs
 
     # Compiled lazily per dtype, threaded for large problems and single-threaded for small
-    # ones (see memrnn.scan.native), and cached on disk.
+    # ones (see memrnn.ops.scan.numba), and cached on disk.
     _forward_threaded, _forward_serial = compile_pair(_forward_loop, error_model="numpy")
     _backward_threaded, _backward_serial = compile_pair(_backward_loop, error_model="numpy")
 
@@ -227,12 +227,12 @@ def _arr(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def src_native_forward(
+def src_forward(
     u: Tensor, i0: Tensor, h0: Tensor, hs0: Tensor, bias: Tensor, c, save: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """Runs the SRC over u (B, T, N) from (i0, h0, hs0) (B, N) with bias (N,), constants `c`
     (an `SRCConstants`). Returns y (B, T, N), the final (i, h, hs), and when `save` the
-    per-step (θ, h, hs) that `src_native_backward` needs."""
+    per-step (θ, h, hs) that `src_backward` needs."""
     _check(u)
     B, T, N = u.shape
     dtype = u.dtype
@@ -259,7 +259,7 @@ def src_native_forward(
     return y, finals[0], finals[1], finals[2], saved
 
 
-def src_native_backward(
+def src_backward(
     gy: Tensor,
     g_final: tuple[Tensor, Tensor, Tensor],
     saved: tuple[Tensor, Tensor, Tensor],
@@ -300,7 +300,7 @@ class _SRCNative(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, i0, h0, hs0, bias, c):  # type: ignore[override]
-        y, i, h, hs, saved = src_native_forward(u, i0, h0, hs0, bias, c, save=True)
+        y, i, h, hs, saved = src_forward(u, i0, h0, hs0, bias, c, save=True)
         ctx.save_for_backward(*saved, h0, hs0)
         ctx.constants = c
         ctx.bias_shape = bias.shape
@@ -312,7 +312,7 @@ class _SRCNative(torch.autograd.Function):
         zeros = h0.new_zeros(h0.shape)
         gy = torch.zeros_like(h_seq) if gy is None else gy
         g_final = tuple(zeros if g is None else g for g in (gi, gh, ghs))
-        gu, gbias, gi0, gh0, ghs0 = src_native_backward(
+        gu, gbias, gi0, gh0, ghs0 = src_backward(
             gy, g_final, (th_seq, h_seq, hs_seq), h0, hs0, ctx.constants
         )
         gbias = gbias.reshape(ctx.bias_shape) if ctx.needs_input_grad[4] else None
@@ -328,14 +328,14 @@ def src_loop(
     inputs = (u, i0, h0, hs0, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         return _SRCNative.apply(u, i0, h0, hs0, bias, c)
-    y, i, h, hs, _ = src_native_forward(u, i0, h0, hs0, bias, c, save=False)
+    y, i, h, hs, _ = src_forward(u, i0, h0, hs0, bias, c, save=False)
     return y, i, h, hs
 
 
 __all__ = [
     "AVAILABLE",
     "SUPPORTED_DTYPES",
-    "src_native_backward",
-    "src_native_forward",
+    "src_backward",
+    "src_forward",
     "src_loop",
 ]

@@ -61,9 +61,9 @@ from torch import Tensor
 
 try:
     import numba
-    from numba import njit
+    from numba import njit, prange
 except ImportError:  # pragma: no cover - callers check their AVAILABLE flag first
-    numba = njit = None
+    numba = njit = prange = None
 
 NUMBA_AVAILABLE = numba is not None
 
@@ -430,7 +430,9 @@ __all__ = [
     "freed_memory_kept",
     "job_bounds",
     "keep_freed_memory",
+    "njit",
     "output_cache_bytes",
+    "prange",
     "row_chunks",
     "row_job",
     "row_jobs",

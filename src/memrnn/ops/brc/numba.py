@@ -33,21 +33,17 @@ import torch
 from torch import Tensor
 
 from memrnn.ops._cpu import (
+    NUMBA_AVAILABLE,
     check_kernel_input,
     compile_pair,
     empty,
     flush_tiny,
+    prange,
     vec_sigmoid,
     vec_tanh,
 )
 
-try:
-    import numba
-    from numba import prange
-except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
-    numba = None
-
-AVAILABLE = numba is not None
+AVAILABLE = NUMBA_AVAILABLE
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # Problems with fewer elements (B T H) than this, or a single batch row, run single-threaded.

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.ops._cpu import check_kernel_input, empty, row_chunks
+from memrnn.ops._cpu import (
+    NUMBA_AVAILABLE,
+    check_kernel_input,
+    empty,
+    njit,
+    row_chunks,
+)
 
-try:
-    import numba
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
-    numba = None
-
-AVAILABLE = numba is not None
+AVAILABLE = NUMBA_AVAILABLE
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # Rows of the flattened (B T) axis per chunk: 2048 rows of p and h (2 MiB each in float32 at

@@ -29,22 +29,18 @@ import torch
 from torch import Tensor
 
 from memrnn.ops._cpu import (
+    NUMBA_AVAILABLE,
     check_kernel_input,
     compile_pair,
     empty,
+    prange,
     row_chunks,
     row_job,
     row_jobs,
     row_split,
 )
 
-try:
-    import numba
-    from numba import prange
-except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
-    numba = None
-
-AVAILABLE = numba is not None
+AVAILABLE = NUMBA_AVAILABLE
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # Rows of the flattened (B T) axis per chunk: 2048 rows of p (2 MiB in float32 at H = 128)

@@ -43,24 +43,21 @@ import torch
 from torch import Tensor
 
 from memrnn.ops._cpu import (
+    NUMBA_AVAILABLE,
     check_kernel_input,
     chunk_size,
     compile_pair,
     empty,
     job_bounds,
+    njit,
+    prange,
     row_chunks,
     row_job,
     row_jobs,
     row_split,
 )
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
-    numba = None
-
-AVAILABLE = numba is not None
+AVAILABLE = NUMBA_AVAILABLE
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Surrogate names the kernels know, as the integer codes they branch on.
 SURROGATE_CODES = {"atan": 0, "fast-sigmoid": 1, "triangle": 2, "straight-through": 3}

@@ -19,22 +19,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.ops._cpu import check_kernel_input, chunk_size, compile_pair, empty, job_bounds
+from memrnn.ops._cpu import (
+    NUMBA_AVAILABLE,
+    check_kernel_input,
+    chunk_size,
+    compile_pair,
+    empty,
+    job_bounds,
+    njit,
+    prange,
+)
 from memrnn.ops.scan.autograd import differentiable
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
-    numba = None
-
-AVAILABLE = numba is not None
+AVAILABLE = NUMBA_AVAILABLE
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 # Rows of time prefetched at once when a kernel walks time downwards (B=16, T=4096, N=256:
 # backward pass 42 ms without prefetching, 14 ms with 128-row blocks, 10 ms walking upwards).
 _BLOCK = 128
-
-
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 if AVAILABLE:
 

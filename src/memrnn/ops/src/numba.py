@@ -42,23 +42,20 @@ import torch
 from torch import Tensor
 
 from memrnn.ops._cpu import (
+    NUMBA_AVAILABLE,
     check_kernel_input,
     chunk_size,
     compile_pair,
     empty,
     flush_tiny,
     job_bounds,
+    njit,
+    prange,
     vec_sigmoid,
     vec_tanh,
 )
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - exercised by the fallback test through monkeypatching
-    numba = None
-
-AVAILABLE = numba is not None
+AVAILABLE = NUMBA_AVAILABLE
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # Problems with fewer elements (B T N) than this run single-threaded. On the 2-core CPU

@@ -264,7 +264,8 @@ def _summary_kernel(
     pid_c = tl.program_id(1)
     bb = tl.program_id(2).to(tl.int64)
     k0 = pid_c.to(tl.int64) * CHUNK
-    n = pid_n * BLOCK + tl.arange(0, BLOCK)
+    # int64 channel offsets too: every address is computed in 64-bit arithmetic.
+    n = (pid_n * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     tot_ar = tl.full((BLOCK,), 1.0, ACC)
     tot_ai = tl.zeros((BLOCK,), ACC)
     tot_br = tl.zeros((BLOCK,), ACC)
@@ -310,7 +311,7 @@ def _carry_kernel(
     TILE chunks at a time combined with `tl.associative_scan`."""
     pid_n = tl.program_id(0)
     bb = tl.program_id(1).to(tl.int64)
-    n1 = pid_n * BLOCK + tl.arange(0, BLOCK)
+    n1 = (pid_n * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     nmask = n1 < N
     if HAS_H0:
         h_r = tl.load(h0_ptr + bb * s0_b + n1 * HC, mask=nmask, other=0.0).to(ACC)
@@ -358,6 +359,7 @@ def _apply_kernel(
     out1_ptr,
     out2_ptr,
     part_ptr,
+    dh0_ptr,
     prm_ptr,
     T,
     N,
@@ -386,7 +388,8 @@ def _apply_kernel(
     pid_c = tl.program_id(1)
     bb = tl.program_id(2).to(tl.int64)
     k0 = pid_c.to(tl.int64) * CHUNK
-    n = pid_n * BLOCK + tl.arange(0, BLOCK)
+    # int64 channel offsets too: every address is computed in 64-bit arithmetic.
+    n = (pid_n * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     nmask = n < N
     # The state entering the chunk: h0 (zero backward) for the first, else carry[chunk − 1].
     cin = carry_ptr + (bb * n_chunks + pid_c - 1) * 2 * N + n
@@ -481,6 +484,23 @@ def _apply_kernel(
                 acc0 += tl.where(valid, h_r * hp_r + h_i * hp_i, 0.0)
                 acc1 += tl.where(valid, h_i * hp_r - h_r * hp_i, 0.0)
                 acc2 += tl.where(valid, pr * h_r + pi * h_i, 0.0)
+    if BWD:
+        # ∂L/∂h0 = conj(a) g at the sequence's first step, the last one scanned here: the
+        # steps past T were identities, so (h_r, h_i) is that g.
+        k_last = T - 1 + bb * 0
+        if FLIP:
+            t_first = T - 1 - k_last
+        else:
+            t_first = k_last
+        ar, ai, _, _, _ = _coeffs(
+            a_ptr, b_ptr, aux_ptr, bb, t_first, n, nmask, T, N,
+            sa_b, sa_t, sh_b, sh_t, h_im, prm_ptr, MODE, HC, ACC,
+        )  # fmt: skip
+        in_last = nmask & (pid_c == n_chunks - 1)
+        d_off = bb * s0_b + n * HC
+        tl.store(dh0_ptr + d_off, ar * h_r + ai * h_i, mask=in_last)
+        if COMPLEX:
+            tl.store(dh0_ptr + d_off + h0_im, ar * h_i - ai * h_r, mask=in_last)
     if MODE == 1 and not BWD:
         tl.store(part_ptr + (bb * n_chunks + pid_c) * N + n, acc0, mask=nmask)
     if MODE == 3 and BWD:
@@ -525,13 +545,14 @@ def run_chunked(
     out1: Tensor | None = None,
     out2: Tensor | None = None,
     part: Tensor | None = None,
+    dh0: Tensor | None = None,
     params: Tensor | None = None,
     kind: int = 0,
     chunk: int = CHUNK,
     block: int = BLOCK,
 ) -> None:
     """Runs the three kernels for one scan (see the module notes); writes h (forward) or the
-    gradients into out1/out2/part (backward). strides = (sa_b, sa_t, sh_b, sh_t, h_im, s0_b,
+    gradients into out1/out2/part/dh0 (backward). strides = (sa_b, sa_t, sh_b, sh_t, h_im, s0_b,
     h0_im) in elements of the tensors' real planes."""
     sa_b, sa_t, sh_b, sh_t, h_im, s0_b, h0_im = strides
     n_chunks = triton.cdiv(T, chunk)
@@ -564,7 +585,64 @@ def run_chunked(
             dummy if out1 is None else out1,
             dummy if out2 is None else out2,
             dummy if part is None else part,
+            dummy if dh0 is None else dh0,
             params,
             T, N, n_chunks, sa_b, sa_t, sh_b, sh_t, h_im, s0_b, h0_im,
             COMPLEX=complex_, HAS_H0=has_h0, KIND=kind, **common,
         )  # fmt: skip
+
+
+def recurrence_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a unit's state h is stored in: the input's, float32 for float16/bfloat16."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def run_projected(
+    mode: int,
+    p: Tensor,
+    h0: Tensor,
+    *,
+    bwd: bool,
+    h: Tensor,
+    lam: Tensor | None = None,
+    gamma: Tensor | None = None,
+    gh: Tensor | None = None,
+    dp: Tensor | None = None,
+    dh0: Tensor | None = None,
+    part: Tensor | None = None,
+    params: Tensor | None = None,
+    kind: int = 0,
+    chunk: int = CHUNK,
+    block: int = BLOCK,
+) -> None:
+    """A unit recurrence over a projection p (B, T, W) (W = 2N: [c | β_raw], [z_pre | h̃] or
+    [Re | Im]); h (B, T, N), or (B, T, 2N) [Re | Im] for the LRU."""
+    B, T, W = p.shape
+    N = W // 2
+    complex_ = mode == MODE_LRU
+    hw = W if complex_ else N
+    run_chunked(
+        mode=mode,
+        bwd=bwd,
+        flip=bwd,
+        complex_=complex_,
+        hc=1,
+        B=B,
+        T=T,
+        N=N,
+        a=p if lam is None else lam,
+        b=p,
+        h0=h0,
+        h=h,
+        strides=(0, 0, T * hw, hw, N, hw, N),
+        acc=recurrence_dtype(p.dtype),
+        aux=gamma,
+        gh=gh,
+        out1=dp,
+        dh0=dh0,
+        part=part,
+        params=params,
+        kind=kind,
+        chunk=chunk,
+        block=block,
+    )

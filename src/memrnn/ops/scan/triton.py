@@ -43,6 +43,7 @@ def _launch(
     gh: Tensor | None = None,
     da: Tensor | None = None,
     db: Tensor | None = None,
+    dh0: Tensor | None = None,
     chunk: int,
     block: int,
 ) -> None:
@@ -75,6 +76,7 @@ def _launch(
         gh=None if gh is None else _planes(gh),
         out1=None if da is None else _planes(da),
         out2=None if db is None else _planes(db),
+        dh0=None if dh0 is None else _planes(dh0),
         chunk=chunk,
         block=block,
     )
@@ -104,11 +106,8 @@ def _scan_backward_op(
     if h.is_complex():
         wide = torch.complex128 if wide == torch.float64 else torch.complex64
     da = torch.empty(B, T, N, dtype=wide, device=h.device)
-    db = torch.empty_like(h)
-    _launch(a, h, h0, h, reverse=reverse, bwd=True, gh=gh, da=da, db=db, chunk=chunk, block=block)
-    first = T - 1 if reverse else 0
-    a_first = a[:, first if a.shape[1] > 1 else 0]
-    dh0 = (a_first.to(wide).conj() * db[:, first].to(wide)).to(h0.dtype)
+    db, dh0 = torch.empty_like(h), torch.empty_like(h0)
+    _launch(a, h, h0, h, reverse=reverse, bwd=True, gh=gh, da=da, db=db, dh0=dh0, chunk=chunk, block=block)
     da = da.sum_to_size(a.shape).to(a.dtype)
     return da, db, dh0
 

@@ -197,3 +197,23 @@ def test_brc_times_both_backends_and_refuses_when_they_disagree(
     with pytest.raises(SystemExit, match="disagree"):
         brc.main(["--quick", "--out-dir", str(tmp_path / "again")])
     assert not (tmp_path / "again").exists()
+
+
+def test_gpu_benchmark_refuses_without_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import gpu
+
+    with pytest.raises(SystemExit) as exit_info:
+        gpu.main(["--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("benchmarks.gpu: needs a CUDA device, got --device cpu")
+    assert len(err.splitlines()) == 1
+
+
+def test_gpu_benchmark_reads_bandwidth_by_gpu_name() -> None:
+    from benchmarks.gpu import datasheet_bandwidth
+
+    assert datasheet_bandwidth("NVIDIA H100 80GB HBM3") == 3350e9
+    assert datasheet_bandwidth("NVIDIA H100 PCIe") == 2000e9
+    assert datasheet_bandwidth("NVIDIA H200") == 4800e9
+    assert datasheet_bandwidth("Some Future GPU") is None

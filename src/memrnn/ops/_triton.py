@@ -141,8 +141,8 @@ def _coeffs(
         ar = tl.load(a_ptr + a_off, mask=valid, other=1.0).to(ACC)
         br = tl.load(b_ptr + b_off, mask=valid, other=0.0).to(ACC)
         if HC == 2:
-            ai = tl.load(a_ptr + a_off + 1, mask=valid, other=0.0).to(ACC)
-            bi = tl.load(b_ptr + b_off + 1, mask=valid, other=0.0).to(ACC)
+            ai = tl.load(a_ptr + (a_off + 1), mask=valid, other=0.0).to(ACC)
+            bi = tl.load(b_ptr + (b_off + 1), mask=valid, other=0.0).to(ACC)
         else:
             ai = zero
             bi = zero
@@ -150,7 +150,7 @@ def _coeffs(
     elif MODE == 1:
         p_off = (bb * T + t) * (2 * N) + n
         c = tl.load(b_ptr + p_off, mask=valid, other=0.0).to(ACC)
-        beta = tl.abs(tl.load(b_ptr + p_off + N, mask=valid, other=0.0).to(ACC))
+        beta = tl.abs(tl.load(b_ptr + (p_off + N), mask=valid, other=0.0).to(ACC))
         z = tl.where(valid, _heaviside(tl.abs(c) - beta), 0.0)
         s = 2.0 * _heaviside(c) - 1.0
         eps = tl.load(prm_ptr).to(ACC)
@@ -161,7 +161,7 @@ def _coeffs(
     elif MODE == 2:
         p_off = (bb * T + t) * (2 * N) + n
         zp = tl.load(b_ptr + p_off, mask=valid, other=0.0).to(ACC)
-        cand = tl.load(b_ptr + p_off + N, mask=valid, other=0.0).to(ACC)
+        cand = tl.load(b_ptr + (p_off + N), mask=valid, other=0.0).to(ACC)
         zg = tl.where(valid, tl.sigmoid(zp), 0.0)
         ar = 1.0 - zg
         br = zg * cand
@@ -172,12 +172,12 @@ def _coeffs(
         p_off = (bb * T + t) * (2 * N) + n
         nmask = n < N
         lam_r = tl.load(a_ptr + n, mask=nmask, other=1.0).to(ACC)
-        lam_i = tl.load(a_ptr + N + n, mask=nmask, other=0.0).to(ACC)
+        lam_i = tl.load(a_ptr + (N + n), mask=nmask, other=0.0).to(ACC)
         gam = tl.load(aux_ptr + n, mask=nmask, other=0.0).to(ACC)
         ar = tl.where(valid, lam_r + zero, 1.0)
         ai = tl.where(valid, lam_i + zero, 0.0)
         br = gam * tl.load(b_ptr + p_off, mask=valid, other=0.0).to(ACC)
-        bi = gam * tl.load(b_ptr + p_off + N, mask=valid, other=0.0).to(ACC)
+        bi = gam * tl.load(b_ptr + (p_off + N), mask=valid, other=0.0).to(ACC)
         z = zero
     return ar, ai, br, bi, z
 
@@ -225,7 +225,7 @@ def _step_coeffs(
         g_off = bb * sh_b + t * sh_t + n * HC
         br = tl.load(gh_ptr + g_off, mask=valid, other=0.0).to(ACC)
         if HC == 2 or MODE == 3:
-            bi = tl.load(gh_ptr + g_off + h_im, mask=valid, other=0.0).to(ACC)
+            bi = tl.load(gh_ptr + (g_off + h_im), mask=valid, other=0.0).to(ACC)
     else:
         ar, ai, br, bi, z = _coeffs(
             a_ptr, b_ptr, aux_ptr, bb, t, n, valid, T, N,
@@ -270,9 +270,9 @@ def _summary_kernel(
     tot_ai = tl.zeros((BLOCK,), ACC)
     tot_br = tl.zeros((BLOCK,), ACC)
     tot_bi = tl.zeros((BLOCK,), ACC)
-    # Unrolled: the loads of all steps are independent of the running map and can be in
-    # flight together.
-    for j in tl.static_range(CHUNK):
+    # A loop, not unrolled: unrolling 64 steps made compiling one kernel take minutes. Many
+    # programs per SM hide the latency of each step's loads instead.
+    for j in range(CHUNK):
         ar, ai, br, bi, z, t, valid = _step_coeffs(
             a_ptr, b_ptr, aux_ptr, gh_ptr, bb, k0 + j, n, T, N, sa_b, sa_t, sh_b, sh_t, h_im,
             prm_ptr, MODE, BWD, FLIP, HC, ACC,
@@ -283,12 +283,12 @@ def _summary_kernel(
             )
         else:
             tot_ar, tot_br = _combine_real(tot_ar, tot_br, ar, br)
-    base = sum_ptr + (bb * n_chunks + pid_c) * 4 * N + n
+    base = (bb * n_chunks + pid_c) * 4 * N + n
     nmask = n < N
-    tl.store(base, tot_ar, mask=nmask)
-    tl.store(base + N, tot_ai, mask=nmask)
-    tl.store(base + 2 * N, tot_br, mask=nmask)
-    tl.store(base + 3 * N, tot_bi, mask=nmask)
+    tl.store(sum_ptr + base, tot_ar, mask=nmask)
+    tl.store(sum_ptr + (base + N), tot_ai, mask=nmask)
+    tl.store(sum_ptr + (base + 2 * N), tot_br, mask=nmask)
+    tl.store(sum_ptr + (base + 3 * N), tot_bi, mask=nmask)
 
 
 @triton.jit
@@ -316,7 +316,7 @@ def _carry_kernel(
     if HAS_H0:
         h_r = tl.load(h0_ptr + bb * s0_b + n1 * HC, mask=nmask, other=0.0).to(ACC)
         if COMPLEX:
-            h_i = tl.load(h0_ptr + bb * s0_b + n1 * HC + h0_im, mask=nmask, other=0.0).to(ACC)
+            h_i = tl.load(h0_ptr + (bb * s0_b + n1 * HC + h0_im), mask=nmask, other=0.0).to(ACC)
         else:
             h_i = tl.zeros((BLOCK,), ACC)
     else:
@@ -328,22 +328,22 @@ def _carry_kernel(
     for c0 in range(0, n_chunks, TILE):
         c = c0 + rows
         valid = (c < n_chunks) & (n < N)
-        base = sum_ptr + (bb * n_chunks + c) * 4 * N + n
-        ar = tl.load(base, mask=valid, other=1.0)
-        br = tl.load(base + 2 * N, mask=valid, other=0.0)
-        out = carry_ptr + (bb * n_chunks + c) * 2 * N + n
+        base = (bb * n_chunks + c) * 4 * N + n
+        ar = tl.load(sum_ptr + base, mask=valid, other=1.0)
+        br = tl.load(sum_ptr + (base + 2 * N), mask=valid, other=0.0)
+        out = (bb * n_chunks + c) * 2 * N + n
         if COMPLEX:
-            ai = tl.load(base + N, mask=valid, other=0.0)
-            bi = tl.load(base + 3 * N, mask=valid, other=0.0)
+            ai = tl.load(sum_ptr + (base + N), mask=valid, other=0.0)
+            bi = tl.load(sum_ptr + (base + 3 * N), mask=valid, other=0.0)
             ar, ai, br, bi = tl.associative_scan((ar, ai, br, bi), 0, _combine_complex)
             after_r = ar * h_r[None, :] - ai * h_i[None, :] + br
             after_i = ar * h_i[None, :] + ai * h_r[None, :] + bi
-            tl.store(out + N, after_i, mask=valid)
+            tl.store(carry_ptr + (out + N), after_i, mask=valid)
             h_i = tl.sum(tl.where(last, after_i, 0.0), axis=0)
         else:
             ar, br = tl.associative_scan((ar, br), 0, _combine_real)
             after_r = ar * h_r[None, :] + br
-        tl.store(out, after_r, mask=valid)
+        tl.store(carry_ptr + out, after_r, mask=valid)
         h_r = tl.sum(tl.where(last, after_r, 0.0), axis=0)
 
 
@@ -392,17 +392,17 @@ def _apply_kernel(
     n = (pid_n * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     nmask = n < N
     # The state entering the chunk: h0 (zero backward) for the first, else carry[chunk − 1].
-    cin = carry_ptr + (bb * n_chunks + pid_c - 1) * 2 * N + n
+    cin = (bb * n_chunks + pid_c - 1) * 2 * N + n
     not_first = nmask & (pid_c > 0)
-    h_r = tl.load(cin, mask=not_first, other=0.0).to(ACC)
+    h_r = tl.load(carry_ptr + cin, mask=not_first, other=0.0).to(ACC)
     h_i = tl.zeros((BLOCK,), ACC)
     if COMPLEX:
-        h_i = tl.load(cin + N, mask=not_first, other=0.0).to(ACC)
+        h_i = tl.load(carry_ptr + (cin + N), mask=not_first, other=0.0).to(ACC)
     if HAS_H0:
         first = nmask & (pid_c == 0)
         h_r += tl.load(h0_ptr + bb * s0_b + n * HC, mask=first, other=0.0).to(ACC)
         if COMPLEX:
-            h_i += tl.load(h0_ptr + bb * s0_b + n * HC + h0_im, mask=first, other=0.0).to(ACC)
+            h_i += tl.load(h0_ptr + (bb * s0_b + n * HC + h0_im), mask=first, other=0.0).to(ACC)
     if MODE == 1:
         eps = tl.load(prm_ptr).to(ACC)
         sharp = tl.load(prm_ptr + 1).to(ACC)
@@ -413,7 +413,7 @@ def _apply_kernel(
     acc0 = tl.zeros((BLOCK,), ACC)
     acc1 = tl.zeros((BLOCK,), ACC)
     acc2 = tl.zeros((BLOCK,), ACC)
-    for j in tl.static_range(CHUNK):
+    for j in range(CHUNK):
         k = k0 + j
         ar, ai, br, bi, z, t, valid = _step_coeffs(
             a_ptr, b_ptr, aux_ptr, gh_ptr, bb, k, n, T, N, sa_b, sa_t, sh_b, sh_t, h_im,
@@ -427,7 +427,7 @@ def _apply_kernel(
         if not BWD:
             tl.store(h_ptr + h_off, h_r, mask=valid)
             if COMPLEX:
-                tl.store(h_ptr + h_off + h_im, h_i, mask=valid)
+                tl.store(h_ptr + (h_off + h_im), h_i, mask=valid)
             if MODE == 1:
                 acc0 += z
         else:
@@ -444,21 +444,21 @@ def _apply_kernel(
             hp_r += tl.load(h0_ptr + s_off, mask=at_start, other=0.0).to(ACC)
             hp_i = tl.zeros((BLOCK,), ACC)
             if COMPLEX:
-                hp_i = tl.load(h_ptr + p_off + h_im, mask=has_prev, other=0.0).to(ACC)
-                hp_i += tl.load(h0_ptr + s_off + h0_im, mask=at_start, other=0.0).to(ACC)
+                hp_i = tl.load(h_ptr + (p_off + h_im), mask=has_prev, other=0.0).to(ACC)
+                hp_i += tl.load(h0_ptr + (s_off + h0_im), mask=at_start, other=0.0).to(ACC)
             if MODE == 0:
                 # out1 = ∂L/∂a, out2 = ∂L/∂b, both in h's layout.
                 if COMPLEX:
                     tl.store(out1_ptr + h_off, h_r * hp_r + h_i * hp_i, mask=valid)
-                    tl.store(out1_ptr + h_off + 1, h_i * hp_r - h_r * hp_i, mask=valid)
-                    tl.store(out2_ptr + h_off + 1, h_i, mask=valid)
+                    tl.store(out1_ptr + (h_off + 1), h_i * hp_r - h_r * hp_i, mask=valid)
+                    tl.store(out2_ptr + (h_off + 1), h_i, mask=valid)
                 else:
                     tl.store(out1_ptr + h_off, h_r * hp_r, mask=valid)
                 tl.store(out2_ptr + h_off, h_r, mask=valid)
             elif MODE == 1:
                 p_off = (bb * T + t) * (2 * N) + n
                 c = tl.load(b_ptr + p_off, mask=valid, other=0.0).to(ACC)
-                braw = tl.load(b_ptr + p_off + N, mask=valid, other=0.0).to(ACC)
+                braw = tl.load(b_ptr + (p_off + N), mask=valid, other=0.0).to(ACC)
                 u = tl.abs(c) - tl.abs(braw)
                 zt = _heaviside(u)
                 s = 2.0 * _heaviside(c) - 1.0
@@ -466,20 +466,20 @@ def _apply_kernel(
                 du = dz * _surrogate(u, sharp, pik, KIND)
                 dc = 2.0 * _surrogate(c, sharp, pik, KIND) * h_r * zt + _sgn(c) * du
                 tl.store(out1_ptr + p_off, dc, mask=valid)
-                tl.store(out1_ptr + p_off + N, -du * _sgn(braw), mask=valid)
+                tl.store(out1_ptr + (p_off + N), -du * _sgn(braw), mask=valid)
             elif MODE == 2:
                 p_off = (bb * T + t) * (2 * N) + n
                 zg = tl.sigmoid(tl.load(b_ptr + p_off, mask=valid, other=0.0).to(ACC))
-                cand = tl.load(b_ptr + p_off + N, mask=valid, other=0.0).to(ACC)
+                cand = tl.load(b_ptr + (p_off + N), mask=valid, other=0.0).to(ACC)
                 gz = h_r * zg
                 tl.store(out1_ptr + p_off, (h_r - gz) * zg * (cand - hp_r), mask=valid)
-                tl.store(out1_ptr + p_off + N, gz, mask=valid)
+                tl.store(out1_ptr + (p_off + N), gz, mask=valid)
             else:
                 p_off = (bb * T + t) * (2 * N) + n
                 pr = tl.load(b_ptr + p_off, mask=valid, other=0.0).to(ACC)
-                pi = tl.load(b_ptr + p_off + N, mask=valid, other=0.0).to(ACC)
+                pi = tl.load(b_ptr + (p_off + N), mask=valid, other=0.0).to(ACC)
                 tl.store(out1_ptr + p_off, gam * h_r, mask=valid)
-                tl.store(out1_ptr + p_off + N, gam * h_i, mask=valid)
+                tl.store(out1_ptr + (p_off + N), gam * h_i, mask=valid)
                 # Sums over the chunk: g conj(h_{t−1}) (∂L/∂λ) and Re(conj(p) g) (∂L/∂γ).
                 acc0 += tl.where(valid, h_r * hp_r + h_i * hp_i, 0.0)
                 acc1 += tl.where(valid, h_i * hp_r - h_r * hp_i, 0.0)
@@ -500,14 +500,14 @@ def _apply_kernel(
         d_off = bb * s0_b + n * HC
         tl.store(dh0_ptr + d_off, ar * h_r + ai * h_i, mask=in_last)
         if COMPLEX:
-            tl.store(dh0_ptr + d_off + h0_im, ar * h_i - ai * h_r, mask=in_last)
+            tl.store(dh0_ptr + (d_off + h0_im), ar * h_i - ai * h_r, mask=in_last)
     if MODE == 1 and not BWD:
         tl.store(part_ptr + (bb * n_chunks + pid_c) * N + n, acc0, mask=nmask)
     if MODE == 3 and BWD:
-        part = part_ptr + (bb * n_chunks + pid_c) * 3 * N + n
-        tl.store(part, acc0, mask=nmask)
-        tl.store(part + N, acc1, mask=nmask)
-        tl.store(part + 2 * N, acc2, mask=nmask)
+        part = (bb * n_chunks + pid_c) * 3 * N + n
+        tl.store(part_ptr + part, acc0, mask=nmask)
+        tl.store(part_ptr + (part + N), acc1, mask=nmask)
+        tl.store(part_ptr + (part + 2 * N), acc2, mask=nmask)
 
 
 def device_guard(t: Tensor) -> contextlib.AbstractContextManager:

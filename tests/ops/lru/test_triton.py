@@ -51,7 +51,9 @@ def test_lru_layer_matches_reference(triton_kernels, reference, dtype, tol) -> N
     names = ("u", "w_in", "lam", "gamma", "h0", "w_out", "d")
     for name, got, want in zip(names, grads, ref_grads, strict=True):
         scale = 1 + float(want.abs().max())
-        torch.testing.assert_close(got.double(), want, atol=tol * scale, rtol=tol, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            got.double(), want, atol=tol * scale, rtol=tol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize(

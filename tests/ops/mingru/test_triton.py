@@ -36,7 +36,9 @@ def test_mingru_layer_matches_reference(triton_kernels, reference, dtype, tol) -
     assert h.dtype == dtype
     torch.testing.assert_close(h.double(), h_ref.detach(), atol=tol, rtol=tol)
     for name, got, want in zip(("x", "weight", "bias", "h0"), grads, ref_grads, strict=True):
-        torch.testing.assert_close(got.double(), want, atol=tol * 10, rtol=tol, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            got.double(), want, atol=tol * 10, rtol=tol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.slow

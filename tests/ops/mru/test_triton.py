@@ -35,11 +35,15 @@ def _check(reference, dtype, epsilon, surrogate, tol):
     ref = reference.mru_layer(*wide, epsilon, surrogate, 1.5)
     ref_grads = torch.autograd.grad(_loss(*ref), wide)
     for name, got, want in zip(("y", "h_T", "rate"), out, ref, strict=True):
-        torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            got.double(), want, atol=tol, rtol=tol, msg=lambda m, name=name: f"{name}: {m}"
+        )
     names = ("x", "w_in", "b_in", "h0", "w_out", "b_out")
     for name, got, want in zip(names, grads, ref_grads, strict=True):
         scale = 1 + float(want.abs().max())
-        torch.testing.assert_close(got.double(), want, atol=tol * scale, rtol=tol, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            got.double(), want, atol=tol * scale, rtol=tol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_mru_layer_matches_reference_bmru_to_cmru(triton_kernels, reference) -> None:

@@ -59,7 +59,9 @@ def _check(reference, dtype, a_shape, reverse, B=1, T=11, N=10):
     for name, g, r in zip(("a", "b", "h0"), grads, ref_grads, strict=True):
         assert g.shape == r.shape, name
         scale = 1 + float(r.abs().max())
-        torch.testing.assert_close(g.to(wide), r, atol=tol * scale, rtol=tol, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            g.to(wide), r, atol=tol * scale, rtol=tol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize(

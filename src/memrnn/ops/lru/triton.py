@@ -20,9 +20,7 @@ from memrnn.ops._triton import BLOCK, CHUNK, MODE_LRU, recurrence_dtype, run_pro
 
 
 @torch.library.custom_op("memrnn_triton::lru_recurrence", mutates_args=())
-def _lru_op(
-    p: Tensor, lam: Tensor, gamma: Tensor, h0: Tensor, chunk: int, block: int
-) -> Tensor:
+def _lru_op(p: Tensor, lam: Tensor, gamma: Tensor, h0: Tensor, chunk: int, block: int) -> Tensor:
     p, lam, gamma, h0 = p.contiguous(), lam.contiguous(), gamma.contiguous(), h0.contiguous()
     h = torch.empty(p.shape, dtype=recurrence_dtype(p.dtype), device=p.device)
     run_projected(MODE_LRU, p, h0, bwd=False, h=h, lam=lam, gamma=gamma, chunk=chunk, block=block)

@@ -107,7 +107,20 @@ def _scan_backward_op(
         wide = torch.complex128 if wide == torch.float64 else torch.complex64
     da = torch.empty(B, T, N, dtype=wide, device=h.device)
     db, dh0 = torch.empty_like(h), torch.empty_like(h0)
-    _launch(a, h, h0, h, reverse=reverse, bwd=True, gh=gh, da=da, db=db, dh0=dh0, chunk=chunk, block=block)
+    _launch(
+        a,
+        h,
+        h0,
+        h,
+        reverse=reverse,
+        bwd=True,
+        gh=gh,
+        da=da,
+        db=db,
+        dh0=dh0,
+        chunk=chunk,
+        block=block,
+    )
     da = da.sum_to_size(a.shape).to(a.dtype)
     return da, db, dh0
 

@@ -346,6 +346,8 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
     run_dir = prepare_run_dir(config.out)
     seed_everything(config.seed)
     task = build_task(config.task, config.seq_len, **config.task_kwargs)
+    # Saved with the run (config.yaml, checkpoints): e.g. a data file's path and checksum.
+    config.task_kwargs = {**config.task_kwargs, **task.recorded_kwargs()}
 
     resume_folder = None
     if config.resume:

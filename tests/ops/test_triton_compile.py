@@ -136,7 +136,9 @@ def test_custom_ops_trace_under_fake_tensors(triton_kernels) -> None:
         assert y.shape == (B, T, D) and h_last.shape == (B, 2 * N)
 
 
-def test_torch_compile_traces_a_layer_without_graph_breaks(triton_kernels, reference) -> None:
+def test_torch_compile_traces_a_layer_without_graph_breaks(
+    triton_kernels, triton_reference
+) -> None:
     from memrnn.ops.mingru.triton import mingru_layer
     from memrnn.ops.scan.triton import linear_scan
 
@@ -152,8 +154,8 @@ def test_torch_compile_traces_a_layer_without_graph_breaks(triton_kernels, refer
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     loss = compiled(x, weight, h0)
     grads = torch.autograd.grad(loss, (x, weight, h0))
-    h_ref = reference.mingru_layer(x, weight, None, h0)
-    loss_ref = reference.scan(torch.full_like(h_ref, 0.5), h_ref, h0).sum()
+    h_ref = triton_reference.mingru_layer(x, weight, None, h0)
+    loss_ref = triton_reference.scan(torch.full_like(h_ref, 0.5), h_ref, h0).sum()
     ref_grads = torch.autograd.grad(loss_ref, (x, weight, h0))
     torch.testing.assert_close(loss, loss_ref)
     for got, want in zip(grads, ref_grads, strict=True):

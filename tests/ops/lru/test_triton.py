@@ -35,7 +35,7 @@ def _args(dtype, B=1, T=11, H=3, N=10, seed=0):
     ("dtype", "tol"),
     [(torch.float64, 1e-10), pytest.param(torch.float32, 1e-5, marks=pytest.mark.slow)],
 )
-def test_lru_layer_matches_reference(triton_kernels, reference, dtype, tol) -> None:
+def test_lru_layer_matches_reference(triton_kernels, triton_reference, dtype, tol) -> None:
     from memrnn.ops.lru.triton import lru_layer
 
     args = _args(dtype)
@@ -44,7 +44,7 @@ def test_lru_layer_matches_reference(triton_kernels, reference, dtype, tol) -> N
     loss = (y**2).sum() + (h_last * weights).sum()
     grads = torch.autograd.grad(loss, args)
     wide = [x.detach().double().requires_grad_() for x in args]
-    y_ref, h_ref = reference.lru_layer(*wide)
+    y_ref, h_ref = triton_reference.lru_layer(*wide)
     ref_grads = torch.autograd.grad((y_ref**2).sum() + (h_ref * weights.double()).sum(), wide)
     torch.testing.assert_close(y.double(), y_ref.detach(), atol=tol * 10, rtol=tol)
     torch.testing.assert_close(h_last.double(), h_ref.detach(), atol=tol, rtol=tol)

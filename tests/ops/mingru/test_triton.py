@@ -23,7 +23,7 @@ def _args(dtype, B=1, T=11, D=3, H=10, seed=0):
     ("dtype", "tol"),
     [(torch.float64, 1e-10), pytest.param(torch.float32, 1e-5, marks=pytest.mark.slow)],
 )
-def test_mingru_layer_matches_reference(triton_kernels, reference, dtype, tol) -> None:
+def test_mingru_layer_matches_reference(triton_kernels, triton_reference, dtype, tol) -> None:
     from memrnn.ops.mingru.triton import mingru_layer
 
     args = _args(dtype)
@@ -31,7 +31,7 @@ def test_mingru_layer_matches_reference(triton_kernels, reference, dtype, tol) -
     gh = torch.randn(h.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = torch.autograd.grad(h, args, gh.to(dtype).to(DEVICE))
     wide = [x.detach().double().requires_grad_() for x in args]
-    h_ref = reference.mingru_layer(*wide)
+    h_ref = triton_reference.mingru_layer(*wide)
     ref_grads = torch.autograd.grad(h_ref, wide, gh.to(DEVICE))
     assert h.dtype == dtype
     torch.testing.assert_close(h.double(), h_ref.detach(), atol=tol, rtol=tol)
@@ -42,12 +42,12 @@ def test_mingru_layer_matches_reference(triton_kernels, reference, dtype, tol) -
 
 
 @pytest.mark.slow
-def test_mingru_layer_reads_bfloat16(triton_kernels, reference) -> None:
+def test_mingru_layer_reads_bfloat16(triton_kernels, triton_reference) -> None:
     from memrnn.ops.mingru.triton import mingru_layer
 
     args = _args(torch.bfloat16)
     h = mingru_layer(*args, chunk=4, block=8)
-    h_ref = reference.mingru_layer(*(x.detach().double() for x in args))
+    h_ref = triton_reference.mingru_layer(*(x.detach().double() for x in args))
     assert h.dtype == torch.bfloat16
     torch.testing.assert_close(h.double(), h_ref, atol=3e-2, rtol=3e-2)
 

@@ -25,14 +25,14 @@ def _loss(y, h_last, rate):
     return (y.float() ** 2).sum() + (h_last * weights).sum() + 3 * rate
 
 
-def _check(reference, dtype, epsilon, surrogate, tol):
+def _check(triton_reference, dtype, epsilon, surrogate, tol):
     from memrnn.ops.mru.triton import mru_layer
 
     args = _args(dtype)
     out = mru_layer(*args, epsilon, surrogate, 1.5, chunk=4, block=8)
     grads = torch.autograd.grad(_loss(*out), args)
     wide = [x.detach().double().requires_grad_() for x in args]
-    ref = reference.mru_layer(*wide, epsilon, surrogate, 1.5)
+    ref = triton_reference.mru_layer(*wide, epsilon, surrogate, 1.5)
     ref_grads = torch.autograd.grad(_loss(*ref), wide)
     for name, got, want in zip(("y", "h_T", "rate"), out, ref, strict=True):
         torch.testing.assert_close(
@@ -46,8 +46,8 @@ def _check(reference, dtype, epsilon, surrogate, tol):
         )
 
 
-def test_mru_layer_matches_reference_bmru_to_cmru(triton_kernels, reference) -> None:
-    _check(reference, torch.float64, 0.3, "atan", 1e-10)
+def test_mru_layer_matches_reference_bmru_to_cmru(triton_kernels, triton_reference) -> None:
+    _check(triton_reference, torch.float64, 0.3, "atan", 1e-10)
 
 
 @pytest.mark.slow
@@ -60,9 +60,9 @@ def test_mru_layer_matches_reference_bmru_to_cmru(triton_kernels, reference) -> 
     ],
 )
 def test_mru_layer_matches_reference_surrogates(
-    triton_kernels, reference, dtype, epsilon, surrogate, tol
+    triton_kernels, triton_reference, dtype, epsilon, surrogate, tol
 ) -> None:
-    _check(reference, dtype, epsilon, surrogate, tol)
+    _check(triton_reference, dtype, epsilon, surrogate, tol)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The chunked Triton scan against the plain-loop reference: forward and gradients (a, b, h0),
 real and complex dtypes, broadcast decays, reverse, odd lengths, several chunks and channel
-blocks. Without a GPU the kernels run in Triton's interpreter (see tests/ops/conftest.py), which
+blocks. Without a GPU the kernels run in Triton's interpreter (see tests/conftest.py), which
 is slow, so the problems are tiny, with chunks of 4 steps and blocks of 8 channels to have
 several of each (T = 11: three chunks, the last one partial; N = 10: two blocks)."""
 
@@ -38,7 +38,7 @@ def _problem(dtype, a_shape, B=1, T=11, N=10, seed=0):
     return [x.to(dtype).to(DEVICE).requires_grad_() for x in (a, b, h0)]
 
 
-def _check(reference, dtype, a_shape, reverse, B=1, T=11, N=10):
+def _check(triton_reference, dtype, a_shape, reverse, B=1, T=11, N=10):
     from memrnn.ops.scan.triton import linear_scan
 
     a, b, h0 = _problem(dtype, a_shape, B, T, N)
@@ -51,7 +51,7 @@ def _check(reference, dtype, a_shape, reverse, B=1, T=11, N=10):
     # The reference in float64 (complex128) from the same values.
     wide = torch.complex128 if dtype.is_complex else torch.float64
     a2, b2, h02 = (x.detach().to(wide).requires_grad_() for x in (a, b, h0))
-    h_ref = reference.scan(a2, b2, h02, reverse)
+    h_ref = triton_reference.scan(a2, b2, h02, reverse)
     ref_grads = torch.autograd.grad(h_ref, (a2, b2, h02), gh.to(wide).to(DEVICE))
     tol = TOL[dtype]
     scale = 1 + float(h_ref.detach().abs().max())
@@ -73,8 +73,8 @@ def _check(reference, dtype, a_shape, reverse, B=1, T=11, N=10):
         (torch.bfloat16, (1, 11, 10), False),
     ],
 )
-def test_scan_matches_reference(triton_kernels, reference, dtype, a_shape, reverse) -> None:
-    _check(reference, dtype, a_shape, reverse)
+def test_scan_matches_reference(triton_kernels, triton_reference, dtype, a_shape, reverse) -> None:
+    _check(triton_reference, dtype, a_shape, reverse)
 
 
 @pytest.mark.slow
@@ -89,14 +89,14 @@ def test_scan_matches_reference(triton_kernels, reference, dtype, a_shape, rever
     ],
 )
 def test_scan_matches_reference_more_layouts(
-    triton_kernels, reference, dtype, a_shape, reverse
+    triton_kernels, triton_reference, dtype, a_shape, reverse
 ) -> None:
-    _check(reference, dtype, a_shape, reverse, B=2)
+    _check(triton_reference, dtype, a_shape, reverse, B=2)
 
 
-def test_scan_single_step_and_batch_shared_decay(triton_kernels, reference) -> None:
+def test_scan_single_step_and_batch_shared_decay(triton_kernels, triton_reference) -> None:
     # T = 1 (one chunk, mostly past the end) with a decay shared over the batch.
-    _check(reference, torch.float64, (1, 1, 5), False, B=3, T=1, N=5)
+    _check(triton_reference, torch.float64, (1, 1, 5), False, B=3, T=1, N=5)
 
 
 @pytest.mark.parametrize(

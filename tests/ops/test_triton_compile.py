@@ -27,6 +27,7 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from memrnn.ops import _triton as K
+from memrnn.ops.brc import triton as brc
 
 target = GPUTarget("cuda", 90, 32)
 variants = [
@@ -45,7 +46,7 @@ def compile_one(kernel, consts):
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*bf16" if name in ("a_ptr", "b_ptr") else "*fp32"
+            sig[name] = "*bf16" if name in ("a_ptr", "b_ptr", "drive_ptr") else "*fp32"
         else:
             sig[name] = "i32"
     used = {k: v for k, v in consts.items() if k in kernel.arg_names}
@@ -71,6 +72,10 @@ for complex_ in (False, True):
     consts = dict(HAS_H0=True, COMPLEX=complex_, HC=2 if complex_ else 1, ACC=tl.float32,
                   TILE=32, BLOCK=32)
     results[f"_carry_kernel[complex={complex_}]"] = compile_one(K._carry_kernel, consts)
+for dense in (False, True):
+    consts = dict(DENSE=dense, ACC=tl.float32, BLOCK=64)
+    for kernel in (brc._bistable_forward, brc._bistable_backward):
+        results[f"{kernel.__name__}[dense={dense}]"] = compile_one(kernel, consts)
 print(json.dumps(results))
 """
 

@@ -28,6 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from memrnn.ops import _triton as K
 from memrnn.ops.brc import triton as brc
+from memrnn.ops.src import triton as src
 
 target = GPUTarget("cuda", 90, 32)
 variants = [
@@ -54,7 +55,7 @@ def compile_one(kernel, consts):
     narrow = []
     for line in out.asm["ttir"].splitlines():
         m = ADDPTR.search(line)
-        # The fields of the 4-element parameter vector are the only 32-bit offsets allowed.
+        # The fields of the small parameter vector are the only 32-bit offsets allowed.
         if m and (m.group(4) or m.group(5)) != "i64" and m.group(1) != "%prm_ptr":
             narrow.append(line.strip()[:160])
     return {"ptx": ".target sm_90" in out.asm["ptx"], "narrow": narrow}
@@ -76,6 +77,10 @@ for dense in (False, True):
     consts = dict(DENSE=dense, ACC=tl.float32, BLOCK=64)
     for kernel in (brc._bistable_forward, brc._bistable_backward):
         results[f"{kernel.__name__}[dense={dense}]"] = compile_one(kernel, consts)
+for straight, detach in ((False, False), (True, True)):
+    results[f"_src_backward[{straight},{detach}]"] = compile_one(
+        src._src_backward, dict(STRAIGHT=straight, DETACH=detach, ACC=tl.float32, BLOCK=64))
+results["_src_forward"] = compile_one(src._src_forward, dict(ACC=tl.float32, BLOCK=64))
 print(json.dumps(results))
 """
 

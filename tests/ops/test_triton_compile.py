@@ -62,6 +62,12 @@ def compile_one(kernel, consts):
 
 
 results = {}
+if sys.argv[1] != "quick":
+    # float64 accumulation (float64 inputs) for the scan, forward and backward.
+    for bwd in (False, True):
+        consts = dict(MODE=0, BWD=bwd, FLIP=bwd, COMPLEX=False, HAS_H0=not bwd, HC=1, KIND=0,
+                      ACC=tl.float64, CHUNK=64, BLOCK=32)
+        results[f"_apply_kernel[float64,bwd={bwd}]"] = compile_one(K._apply_kernel, consts)
 for mode, bwd, complex_ in variants:
     consts = dict(MODE=mode, BWD=bwd, FLIP=bwd, COMPLEX=complex_, HAS_H0=not bwd,
                   HC=2 if (complex_ and mode == 0) else 1, KIND=0, ACC=tl.float32,

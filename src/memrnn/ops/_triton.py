@@ -17,9 +17,9 @@ reverse) is cut into chunks of CHUNK steps, and three kernels run it:
 3. `_apply_kernel`, one program per (channel block, chunk, batch row): runs its chunk again
    from the state entering it (h0 or the carry); writes h.
 
-The inputs are read twice (kernels 1 and 3) and h written once: about 5 of the 3 bytes per
-element that a sequential pass moves, in exchange for B · (T / CHUNK) · (N / BLOCK) programs
-instead of B · (N / BLOCK).
+The inputs are read twice (kernels 1 and 3) and h written once: 5 memory passes where a
+sequential kernel makes 3, in exchange for B · (T / CHUNK) · (N / BLOCK) programs instead of
+B · (N / BLOCK).
 
 The backward pass is the same machinery run in the opposite direction: with g_t the total
 gradient reaching h_t,

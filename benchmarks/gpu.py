@@ -80,7 +80,9 @@ def scan_rows(device: torch.device, repeats: int, bandwidths: dict[str, float | 
 
     try:
         from accelerated_scan.warp import scan as peer_scan
-    except ImportError:
+    except (ImportError, OSError, RuntimeError) as err:
+        # Its import builds a CUDA extension, which needs the CUDA toolkit (CUDA_HOME).
+        print(f"# accelerated-scan not timed: {type(err).__name__}: {err}")
         peer_scan = None
     gen = torch.Generator(device=device).manual_seed(0)
     rows = []
@@ -216,7 +218,7 @@ def unit_rows(device: torch.device, repeats: int):
                      "agrees": agrees, "ms": seconds * 1e3,
                      "x_vs_gru": gru_s / seconds if agrees else None})  # fmt: skip
     try:
-        from mingru_pytorch import minGRU
+        from minGRU_pytorch import minGRU
     except ImportError:
         return rows
     peer = minGRU(D).to(device)

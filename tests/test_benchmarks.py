@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from benchmarks import brc, inference, memory, units
 from benchmarks.__main__ import BENCHMARKS
 from benchmarks.__main__ import main as bench_main
@@ -217,3 +218,26 @@ def test_gpu_benchmark_reads_bandwidth_by_gpu_name() -> None:
     assert datasheet_bandwidth("NVIDIA H100 PCIe") == 2000e9
     assert datasheet_bandwidth("NVIDIA H200") == 4800e9
     assert datasheet_bandwidth("Some Future GPU") is None
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_rows_run_through_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The timing code on tiny shapes, the kernels in Triton's interpreter on CPU: every row is
+    # checked equal to the torch path; the times themselves mean nothing here.
+    pytest.importorskip("triton")
+    from benchmarks import gpu
+
+    monkeypatch.setattr(gpu, "SCAN_SHAPES", ((1, 64, 8),))
+    monkeypatch.setattr(gpu, "UNIT_SHAPE", (1, 16, 8))
+    cpu = torch.device("cpu")
+    rows = gpu.scan_rows(cpu, 1, {"datasheet": None, "copy": 1e9})
+    rows += gpu.unit_rows(cpu, 1)
+    ours = [row for row in rows if row["impl"].startswith("memrnn")]
+    assert [row["impl"] for row in ours][1:] == [
+        "memrnn bmru",
+        "memrnn cmru",
+        "memrnn mingru",
+        "memrnn lru",
+    ]
+    assert all(row["agrees"] for row in ours)
+    assert rows[0]["x_floor_copy"] > 0 and rows[0]["x_floor_datasheet"] is None

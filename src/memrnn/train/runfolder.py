@@ -60,19 +60,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes `text` to `path` through a temporary file beside it, fsynced, then renamed.
 
     On any error the temporary file is removed and `path` keeps its previous content (or
-    stays absent); the OSError propagates.
+    stays absent); an OSError names `path` and says so.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(err, OSError):
+            kept = "its previous content is kept" if path.exists() else "it was not created"
+            raise OSError(err.errno, f"{err.strerror or err}; {kept}", str(path)) from None
         raise
 
 

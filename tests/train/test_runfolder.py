@@ -48,7 +48,8 @@ def _one_thread():
 
 
 def _train(out, *extra: str) -> int:
-    return main(["train", "--model", MODEL, "--task", "flip-flop", "--out", str(out), *TINY, *extra])
+    args = ["train", "--model", MODEL, "--task", "flip-flop", "--out", str(out)]
+    return main([*args, *TINY, *extra])
 
 
 def _snapshot(folder) -> dict[str, bytes]:

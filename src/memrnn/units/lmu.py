@@ -454,7 +454,8 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         # An empty batch (B = 0) takes the step loop: the FFT and reshapes reject it.
         if mode == "recurrent" or batch == 0:
             y, state = self._forward_recurrent(x, state)
-            return (y if self.return_sequences else y[:, -1:]), state
+            every_step = self.return_sequences and mode != "final"
+            return (y if every_step else y[:, -1:]), state
         u = self.memory_activation(self.encoder(x))  # (B, T, C)
         if mode == "final":
             h = self.memory.impulse(steps, x.dtype, x.device)

@@ -328,6 +328,13 @@ def test_a_bare_train_prints_usage_and_starts_nothing(tmp_path, capsys, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert _train(run) == 0
+    return run
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

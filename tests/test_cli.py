@@ -386,3 +386,13 @@ def test_an_unwritable_plot_names_the_path(tmp_path, capsys, monkeypatch):
     assert main(["plot", "--run", str(run), "--out", str(tmp_path / "ro" / "c.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"'{tmp_path / 'ro' / 'c.png'}': Permission denied" in err
+
+
+def test_eval_at_a_length_a_fixed_length_task_cannot_take(tmp_path, capsys):
+    run = tmp_path / "digits"
+    args = ["train", "--model", MODEL, "--task", "digits", "--steps", "1", "--out", str(run)]
+    assert main([*args, *[t for t in TINY if t not in ("--seq-len", "10")]]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--seq-len", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its length is fixed by the data" in err

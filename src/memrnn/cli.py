@@ -96,6 +96,7 @@ def cmd_train(tokens: list[str]) -> int:
         base = load_run_config(overrides["out"])
         # The saved stop_at ended the earlier invocation; a resumed run goes on to `steps`.
         base["stop_at"] = None
+        base.pop("overwrite", None)
     config = resolve_config(config_file, overrides, base=base)
     given = set(overrides)
     if config_file is not None:

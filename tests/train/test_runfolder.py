@@ -128,6 +128,9 @@ def test_a_new_run_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys)
     assert [int(r["step"]) for r in read_metrics(run) if r["split"] == "train"] == [1, 2, 3]
     assert (run / "notes.txt").read_text() == "mine"
     assert not (run / "prev").exists()
+    # The overwritten run resumes like any other.
+    assert load_run_config(run)["overwrite"] is False
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4"]) == 0
 
 
 def test_resume_and_overwrite_together_and_empty_out_are_refused(run_folder, capsys):

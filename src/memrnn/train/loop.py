@@ -570,9 +570,11 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
     if info.is_main:
         run.logger = _open_log(run_dir, run.start if config.resume else None, config.tensorboard)
         cleanup.callback(run.logger.close)
-        atomic_write_text(run_dir / CONFIG_YAML, config.to_yaml())
+        # `overwrite` acted once, on this invocation; the folder records settings, not actions.
+        text = dataclasses.replace(config, overwrite=False).to_yaml()
+        atomic_write_text(run_dir / CONFIG_YAML, text)
         if echo:
-            print(f"# resolved config ({run_dir / CONFIG_YAML})\n{config.to_yaml()}", end="")
+            print(f"# resolved config ({run_dir / CONFIG_YAML})\n{text}", end="")
         if config.progress:
             run.progress = _Progress(
                 f"{config.model} on {config.task}", run.start, run.end, config.batch_size

@@ -121,8 +121,10 @@ class Block(nn.Module):
             return x
         return x + self.drop(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
-        u, state = self.unit(self.norm1(x), state)  # (B, T, H)
+    def forward(
+        self, x: Tensor, state: NamedTuple | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, NamedTuple]:
+        u, state = self.unit(self.norm1(x), state, lengths=lengths)  # (B, T, H)
         x = x + self.drop(self.proj(u))
         return self._mlp_branch(x), state
 

@@ -503,19 +503,21 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
             f"batch_size {config.batch_size} does not split evenly over {info.world_size} "
             f"process(es) x grad_accum {config.grad_accum}"
         )
+    try:
+        UnitSchedules.from_config(config)
+    except ValueError as err:
+        raise UsageError(_one_line(err)) from None
+    run_dir = prepare_run_dir(config.out)
+    seed_everything(config.seed)
+    task = build_task(config.task, config.seq_len, **config.task_kwargs)
+    # Saved with the run (config.yaml, checkpoints): e.g. a data file's path and checksum.
+    config.task_kwargs = {**config.task_kwargs, **task.recorded_kwargs()}
     if config.resume:
         config = _resumed_config(config)
     elif config.schedule_steps is None:
         # Recorded, so that a resume with a larger --steps keeps the schedule's length.
         config = dataclasses.replace(config, schedule_steps=config.steps)
-    try:
-        schedules = UnitSchedules.from_config(config)
-    except ValueError as err:
-        raise UsageError(_one_line(err)) from None
-
-    run_dir = prepare_run_dir(config.out)
-    seed_everything(config.seed)
-    task = build_task(config.task, config.seq_len, **config.task_kwargs)
+    schedules = UnitSchedules.from_config(config)
     resume_folder = None
     if config.resume:
         resume_folder = _resume_folder(run_dir, info.is_main)

@@ -184,6 +184,14 @@ class Hybrid(RecurrentUnit):
         y_ssm, s_ssm = self.ssm._forward_recurrent(x, state.ssm)
         return self._combine(y_mru, y_ssm), HybridState(s_mru, s_ssm)
 
+    def _forward_lengths(
+        self, x: Tensor, state: HybridState, lengths: Tensor
+    ) -> tuple[Tensor, HybridState]:
+        # Each branch freezes its own state past the lengths, in its own way.
+        y_mru, s_mru = self.mru._forward_lengths(x, state.mru, lengths)
+        y_ssm, s_ssm = self.ssm._forward_lengths(x, state.ssm, lengths)
+        return self._combine(y_mru, y_ssm), HybridState(s_mru, s_ssm)
+
     def _step(self, x_t: Tensor, state: HybridState) -> tuple[Tensor, HybridState]:
         y_mru, s_mru = self.mru._step(x_t, state.mru)
         y_ssm, s_ssm = self.ssm._step(x_t, state.ssm)

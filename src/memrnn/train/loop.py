@@ -504,7 +504,7 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
             f"process(es) x grad_accum {config.grad_accum}"
         )
     try:
-        UnitSchedules.from_config(config)
+        schedules = UnitSchedules.from_config(config)
     except ValueError as err:
         raise UsageError(_one_line(err)) from None
     run_dir = prepare_run_dir(config.out)
@@ -517,7 +517,6 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
     elif config.schedule_steps is None:
         # Recorded, so that a resume with a larger --steps keeps the schedule's length.
         config = dataclasses.replace(config, schedule_steps=config.steps)
-    schedules = UnitSchedules.from_config(config)
     resume_folder = None
     if config.resume:
         resume_folder = _resume_folder(run_dir, info.is_main)

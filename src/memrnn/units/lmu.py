@@ -452,7 +452,7 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         batch, steps = x.shape[:2]
         carried = state is not None
         if carried:
-            state = self.check_state(state, batch)
+            state = self.check_state(state, batch, dtype=x.dtype, device=x.device)
         else:
             state = self.init_state(batch, device=x.device, dtype=x.dtype)
         lengths = self.check_lengths(lengths, x)
@@ -461,9 +461,11 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
             # masked step loop in recurrent mode (RecurrentUnit._forward_lengths).
             return self._forward_lengths(x, state, lengths)
         mode = self.resolve_mode(steps)
-        if mode == "recurrent":
+        # An empty batch (B = 0) takes the step loop: the FFT and reshapes reject it.
+        if mode == "recurrent" or batch == 0:
             y, state = self._forward_recurrent(x, state)
-            return (y if self.return_sequences else y[:, -1:]), state
+            every_step = self.return_sequences and mode != "final"
+            return (y if every_step else y[:, -1:]), state
         u = self.memory_activation(self.encoder(x))  # (B, T, C)
         if mode == "final":
             h = self.memory.impulse(steps, x.dtype, x.device)

@@ -48,9 +48,11 @@ def compare_to_naive() -> Callable[..., None]:
 
     def check(op: str, name: str, backend: str, args: Sequence[object], dtype: torch.dtype):
         device = _device(backend)
-        reason = dispatch.unavailable_reason(op, backend, device, dtype)
+        reason = dispatch.unavailable_reason(op, backend, device, dtype, name)
         if reason is not None:
             pytest.skip(reason)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
         moved = [
             a.detach().to(device).requires_grad_(a.requires_grad)
             if isinstance(a, torch.Tensor)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from memrnn.ops import dispatch
-from memrnn.ops.scan import TRITON_MIN_ELEMENTS, resolve_backend
 from memrnn.ops.scan import numba as scan_numba
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -30,8 +29,8 @@ def test_names_are_checked():
 
 
 def test_a_missing_backend_module_is_unavailable_with_its_reason():
-    with pytest.raises(dispatch.BackendUnavailable, match="'triton' backend of op 'mru' is not"):
-        dispatch.backend_module("mru", "triton")
+    with pytest.raises(dispatch.BackendUnavailable, match="'triton' backend of op 'lti' is not"):
+        dispatch.backend_module("lti", "triton")
     assert not dispatch.is_available("brc", "torch", CPU, torch.float32)
     with pytest.raises(dispatch.BackendUnavailable, match="'torch' backend of op 'brc'"):
         dispatch.resolve("brc", "torch", CPU, torch.float32)
@@ -57,12 +56,14 @@ def test_auto_on_cpu_takes_numba_where_it_runs_else_torch_else_naive(monkeypatch
         dispatch.resolve("scan", "numba", CPU, torch.float32)
 
 
-def test_a_triton_file_is_picked_up_on_cuda_but_not_for_small_scans(fake_triton_scan):
+def test_a_triton_file_is_picked_up_on_cuda(fake_triton_scan):
     assert dispatch.resolve("scan", "auto", CUDA, torch.float32) == "triton"
     assert dispatch.resolve("scan", "triton", CUDA, torch.float32) == "triton"
-    # The sequential kernel loses to the torch tree on small B·M (see TRITON_MIN_ELEMENTS).
-    assert resolve_backend(CUDA, torch.float32, TRITON_MIN_ELEMENTS - 1) == "torch"
     assert dispatch.resolve("scan", "auto", CUDA, torch.float32, triton_ok=False) == "torch"
+    # A backend without the function asked for is passed over, or named, refused.
+    assert dispatch.resolve("scan", "auto", CUDA, torch.float32, function="other") == "torch"
+    with pytest.raises(dispatch.BackendUnavailable, match="has no other"):
+        dispatch.resolve("scan", "triton", CUDA, torch.float32, function="other")
     # Complex scans and CPU tensors stay off it.
     assert dispatch.resolve("scan", "auto", CUDA, torch.complex64) == "torch"
     with pytest.raises(dispatch.BackendUnavailable, match="runs on cuda tensors, got cpu"):

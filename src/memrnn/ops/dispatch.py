@@ -62,13 +62,20 @@ def backend_module(op: str, backend: str) -> ModuleType:
 
 
 def unavailable_reason(
-    op: str, backend: str, device: torch.device, dtype: torch.dtype
+    op: str,
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    function: str | None = None,
 ) -> str | None:
-    """Why `backend` cannot run `op` on tensors of this device and dtype, or None if it can."""
+    """Why `backend` cannot run `op` (its `function`, when named) on tensors of this device and
+    dtype, or None if it can."""
     try:
         module = backend_module(op, backend)
     except BackendUnavailable as err:
         return str(err)
+    if function is not None and not hasattr(module, function):
+        return f"the {backend!r} backend of op {op!r} has no {function}"
     if not getattr(module, "AVAILABLE", True):
         return f"the {backend!r} backend of op {op!r} needs {backend}: pip install {backend}"
     wanted = _DEVICE.get(backend)
@@ -80,8 +87,10 @@ def unavailable_reason(
     return None
 
 
-def is_available(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> bool:
-    return unavailable_reason(op, backend, device, dtype) is None
+def is_available(
+    op: str, backend: str, device: torch.device, dtype: torch.dtype, function: str | None = None
+) -> bool:
+    return unavailable_reason(op, backend, device, dtype, function) is None
 
 
 def _probe(
@@ -109,6 +118,7 @@ def resolve(
     probe: Callable[[str, torch.device, torch.dtype], bool] | None = None,
     compiled: bool = True,
     triton_ok: bool = True,
+    function: str | None = None,
 ) -> str:
     """The backend that runs `op` for tensors of this device and dtype.
 
@@ -117,11 +127,13 @@ def resolve(
     dtype)`, when given, must also pass (once per process, device type and dtype) before a
     compiled backend is chosen automatically; `compiled=False` keeps `auto` off the compiled
     backends (what the op's arguments need, e.g. a callable surrogate, they do not have) and
-    `triton_ok=False` keeps it off triton only (the problem is too small for it).
+    `triton_ok=False` keeps it off triton only (the problem is too small for it). `function`,
+    when named, must be in the backend's module (a backend may have only some of an op's
+    functions).
     """
     check_backend(backend, f"ops.{op}")
     if backend != "auto":
-        reason = unavailable_reason(op, backend, device, dtype)
+        reason = unavailable_reason(op, backend, device, dtype, function)
         if reason is not None:
             raise BackendUnavailable(reason)
         return backend
@@ -133,7 +145,7 @@ def resolve(
             candidate = None
         if (
             candidate is not None
-            and is_available(op, candidate, device, dtype)
+            and is_available(op, candidate, device, dtype, function)
             and (probe is None or _probe(op, candidate, device, dtype, probe))
         ):
             return candidate

@@ -241,10 +241,17 @@ class RecurrentUnit(nn.Module):
         self._check_dtype(x_t, name)
         return x_t
 
-    def check_state(self, state: Any, batch_size: int) -> NamedTuple:
-        """state must be this unit's State NamedTuple with the shapes init_state gives."""
+    def check_state(
+        self,
+        state: Any,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> NamedTuple:
+        """state must be this unit's State NamedTuple with the shapes init_state gives, and,
+        when given, the dtypes init_state gives for input dtype `dtype` and `device`."""
         owner = type(self).__name__
-        expected = self.init_state(batch_size, device="meta")
+        expected = self.init_state(batch_size, device="meta", dtype=dtype)
         if not isinstance(state, type(expected)):
             raise TypeError(
                 f"{owner}: `state` must be a {type(expected).__name__} (from init_state or a "
@@ -257,6 +264,18 @@ class RecurrentUnit(nn.Module):
                 got_str = None if got_shape is None else tuple(got_shape)
                 ref_str = None if ref_shape is None else tuple(ref_shape)
                 raise ValueError(f"{owner}: state.{field} has shape {got_str}; expected {ref_str}")
+            if not isinstance(got, Tensor):
+                continue
+            if dtype is not None and got.dtype != ref.dtype:
+                raise ValueError(
+                    f"{owner}: `state`.{field} has dtype {got.dtype}; expected {ref.dtype} for "
+                    f"{dtype} inputs (init_state(..., dtype={dtype}) or a previous call)"
+                )
+            if device is not None and got.device != device:
+                raise ValueError(
+                    f"{owner}: `state`.{field} is on {got.device} but the input is on {device}; "
+                    "move one of them"
+                )
         return state
 
     def check_lengths(self, lengths: Any, x: Tensor) -> Tensor | None:
@@ -305,11 +324,13 @@ class RecurrentUnit(nn.Module):
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
         else:
-            state = self.check_state(state, x.shape[0])
+            state = self.check_state(state, x.shape[0], dtype=x.dtype, device=x.device)
         lengths = self.check_lengths(lengths, x)
         if lengths is not None:
             return self._forward_lengths(x, state, lengths)
-        if self.mode == "parallel":
+        # An empty batch (B = 0) takes the step loop: it does no work, and the parallel
+        # kernels divide work by B.
+        if self.mode == "parallel" and x.shape[0] > 0:
             return self._forward_parallel(x, state)
         return self._forward_recurrent(x, state)
 
@@ -379,7 +400,7 @@ class RecurrentUnit(nn.Module):
         if state is None:
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
         else:
-            state = self.check_state(state, x_t.shape[0])
+            state = self.check_state(state, x_t.shape[0], dtype=x_t.dtype, device=x_t.device)
         return self._step(x_t, state)
 
     def extra_repr(self) -> str:

@@ -168,14 +168,21 @@ class Hybrid(RecurrentUnit):
             self.ssm.init_state(batch_size, device=device, dtype=dtype),
         )
 
-    def check_state(self, state: Any, batch_size: int) -> HybridState:
+    def check_state(
+        self,
+        state: Any,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> HybridState:
         if not isinstance(state, HybridState):
             raise TypeError(
                 f"Hybrid: `state` must be a HybridState (from init_state or a previous call), "
                 f"got {type(state).__name__}"
             )
         return HybridState(
-            self.mru.check_state(state.mru, batch_size), self.ssm.check_state(state.ssm, batch_size)
+            self.mru.check_state(state.mru, batch_size, dtype, device),
+            self.ssm.check_state(state.ssm, batch_size, dtype, device),
         )
 
     def _combine(self, y_mru: Tensor, y_ssm: Tensor) -> Tensor:

@@ -438,7 +438,7 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         batch, steps = x.shape[:2]
         carried = state is not None
         if carried:
-            state = self.check_state(state, batch)
+            state = self.check_state(state, batch, dtype=x.dtype, device=x.device)
         else:
             state = self.init_state(batch, device=x.device, dtype=x.dtype)
         lengths = self.check_lengths(lengths, x)
@@ -447,7 +447,8 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
             # masked step loop in recurrent mode (RecurrentUnit._forward_lengths).
             return self._forward_lengths(x, state, lengths)
         last_only = self._last_step_only()
-        if self.mode == "recurrent":
+        # An empty batch (B = 0) takes the step loop: the FFT and reshapes reject it.
+        if self.mode == "recurrent" or batch == 0:
             y, state = self._forward_recurrent(x, state)
             return (y[:, -1:] if last_only else y), state
         u = self.memory_activation(self.encoder(x))  # (B, T, C)

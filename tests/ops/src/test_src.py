@@ -97,5 +97,5 @@ def test_bad_backend():
     c = SRCConstants(0.9, 3.0, 2.0, -7.0, 0.9, 0.0, False, False)
     with pytest.raises(ValueError, match="unknown backend 'x'; expected one of"):
         src_loop(*_arguments(1, 2, 3, F64), c, backend="x")
-    with pytest.raises(RuntimeError, match="'triton' backend of op 'src' is not available"):
+    with pytest.raises(RuntimeError, match="'triton' backend of op 'src'"):
         src_loop(*_arguments(1, 2, 3, F64), c, backend="triton")

@@ -21,10 +21,10 @@ from memrnn.ops.mru.naive import mru_gates
 from memrnn.ops.surrogate import SurrogateFn
 
 
-def _resolve(backend: str, x: Tensor, surrogate: str | SurrogateFn) -> str:
+def _resolve(backend: str, x: Tensor, surrogate: str | SurrogateFn, function: str) -> str:
     # The compiled kernels branch on a surrogate's name; a callable one runs in torch ops.
     named = isinstance(surrogate, str)
-    return dispatch.resolve("mru", backend, x.device, x.dtype, compiled=named)
+    return dispatch.resolve("mru", backend, x.device, x.dtype, compiled=named, function=function)
 
 
 def mru_scan(
@@ -48,7 +48,7 @@ def mru_scan(
         beta_abs: use |beta| (and its gradient) instead of beta.
         backend: see `memrnn.ops.dispatch`.
     """
-    run = dispatch.implementation("mru", _resolve(backend, c, surrogate), "mru_scan")
+    run = dispatch.implementation("mru", _resolve(backend, c, surrogate, "mru_scan"), "mru_scan")
     return run(c, beta, h0, epsilon, surrogate, sharpness, beta_abs)
 
 
@@ -70,7 +70,7 @@ def mru_layer(
     b_in (2N,) or None; h0 (B, N); w_out (O, N) and b_out (O,) or None. Differentiable in
     every tensor argument; all tensors share x's dtype.
     """
-    run = dispatch.implementation("mru", _resolve(backend, x, surrogate), "mru_layer")
+    run = dispatch.implementation("mru", _resolve(backend, x, surrogate, "mru_layer"), "mru_layer")
     return run(x, w_in, b_in, h0, w_out, b_out, epsilon, surrogate, sharpness)
 
 

@@ -18,11 +18,6 @@ REAL_DTYPES = (th.float32, th.float64)
 LOW_PRECISION_DTYPES = (th.float16, th.bfloat16)
 COMPLEX_DTYPES = (th.complex64, th.complex128)
 SUPPORTED_DTYPES = REAL_DTYPES + LOW_PRECISION_DTYPES + COMPLEX_DTYPES
-# The sequential GPU kernel runs one program per (batch row, block of up to 1024 channels)
-# through all T steps: below this many B·M elements most of the GPU idles while the torch
-# tree's log T levels of elementwise ops keep it busy, so `auto` stays on torch there until
-# a chunked GPU kernel exists.
-TRITON_MIN_ELEMENTS = 1 << 17
 
 
 def _probe(backend: str, device: th.device, dtype: th.dtype) -> bool:
@@ -48,10 +43,12 @@ def _probe(backend: str, device: th.device, dtype: th.dtype) -> bool:
     )
 
 
-def resolve_backend(device: th.device, dtype: th.dtype, elements: int | None = None) -> str:
-    """The backend `backend="auto"` runs for this device, dtype and B·M (probed once, cached)."""
-    big = elements is None or elements >= TRITON_MIN_ELEMENTS
-    return dispatch.resolve("scan", "auto", device, dtype, probe=_probe, triton_ok=big)
+def resolve_backend(device: th.device, dtype: th.dtype) -> str:
+    """The backend `backend="auto"` runs for this device and dtype (probed once, cached).
+
+    On CUDA that is the chunked Triton kernel (`triton.py`) for every B·N: its programs cover
+    (batch row, chunk of time, block of channels), so small B·N still fills the GPU."""
+    return dispatch.resolve("scan", "auto", device, dtype, probe=_probe)
 
 
 def _shape_str(shape: tuple[int, ...] | th.Size) -> str:
@@ -192,11 +189,11 @@ def linear_scan(
     h0_2 = th.zeros(B, M, dtype=dtype, device=b.device) if h0 is None else h0.reshape(B, M)
 
     if backend == "auto":
-        backend = resolve_backend(b.device, dtype, B * M)
+        backend = resolve_backend(b.device, dtype)
     else:
         backend = dispatch.resolve("scan", backend, b.device, dtype)
     h = dispatch.implementation("scan", backend, "scan")(a3, b3, h0_2, reverse).reshape(b.shape)
     return h, h[:, 0] if reverse else h[:, -1]
 
 
-__all__ = ["SUPPORTED_DTYPES", "TRITON_MIN_ELEMENTS", "linear_scan", "resolve_backend"]
+__all__ = ["SUPPORTED_DTYPES", "linear_scan", "resolve_backend"]

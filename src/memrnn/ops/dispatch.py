@@ -11,13 +11,23 @@ A backend module is looked up lazily as `memrnn.ops.<op>.<backend>`, so adding `
 an op's folder is all it takes to give that op a GPU kernel: it exports the op's function under
 the same name and signature as its siblings, and optionally `SUPPORTED_DTYPES`. Units and
 users pass `backend="auto"` (or a name) and never import a backend module themselves.
+
+Testing hook: `dispatch_as("cuda")` makes the dispatcher treat CPU tensors as CUDA ones, so that
+`auto` picks what it would pick on a GPU (the triton kernels) while the tensors stay on the CPU;
+with `TRITON_INTERPRET=1` set before triton is first imported, the kernels then run in Triton's
+interpreter. It changes only the dispatcher's choice, never where tensors live.
+
+Under `torch.compile`, `auto` passes over the numba kernels (dynamo cannot trace into them and
+would break the graph) and takes the batched torch ops or the loop; the triton kernels are
+`torch.library` custom ops with fake implementations, which trace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -32,6 +42,35 @@ _DEVICE = {"numba": "cpu", "triton": "cuda"}
 _MODULES: dict[tuple[str, str], ModuleType | Exception] = {}
 # Results of `auto`'s probes, per (op, backend, device type, dtype).
 _PROBED: dict[tuple[str, str, str, torch.dtype], bool] = {}
+# Device type the dispatcher sees for tensors of a device type (set by `dispatch_as`).
+_SEEN_AS: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def dispatch_as(device_type: str, tensors_on: str = "cpu") -> Iterator[None]:
+    """Within the block, tensors on `tensors_on` are dispatched as if on `device_type`.
+
+    A testing hook: `with dispatch_as("cuda"):` makes `auto` choose the CUDA backends for CPU
+    tensors (run under Triton's interpreter), so that the GPU wiring of whole units can be
+    compared with their CPU paths on a machine without a GPU. Not thread-safe; not for use
+    inside `torch.compile`.
+    """
+    for name, value in (("device_type", device_type), ("tensors_on", tensors_on)):
+        if value not in ("cpu", "cuda"):
+            raise ValueError(f"dispatch_as: `{name}` must be 'cpu' or 'cuda', got {value!r}")
+    previous = _SEEN_AS.get(tensors_on)
+    _SEEN_AS[tensors_on] = device_type
+    try:
+        yield
+    finally:
+        if previous is None:
+            _SEEN_AS.pop(tensors_on, None)
+        else:
+            _SEEN_AS[tensors_on] = previous
+
+
+def _seen_type(device: torch.device) -> str:
+    return _SEEN_AS.get(device.type, device.type)
 
 
 class BackendUnavailable(RuntimeError):
@@ -79,7 +118,7 @@ def unavailable_reason(
     if not getattr(module, "AVAILABLE", True):
         return f"the {backend!r} backend of op {op!r} needs {backend}: pip install {backend}"
     wanted = _DEVICE.get(backend)
-    if wanted is not None and device.type != wanted:
+    if wanted is not None and _seen_type(device) != wanted:
         return f"the {backend!r} backend of op {op!r} runs on {wanted} tensors, got {device}"
     dtypes = getattr(module, "SUPPORTED_DTYPES", None)
     if dtypes is not None and dtype not in dtypes:
@@ -140,8 +179,12 @@ def resolve(
     if compiled:
         # CPU: the numba kernels stream each tensor once; the torch ops take a dozen passes.
         # CUDA: the triton kernels, where the op has them and the caller deems them faster.
-        candidate = {"cpu": "numba", "cuda": "triton"}.get(device.type)
+        candidate = {"cpu": "numba", "cuda": "triton"}.get(_seen_type(device))
         if candidate == "triton" and not triton_ok:
+            candidate = None
+        # Dynamo cannot trace into the numba kernels: under torch.compile they would break
+        # the graph, so compiled code runs the torch ops (or the loop) on the CPU.
+        if candidate == "numba" and torch.compiler.is_compiling():
             candidate = None
         if (
             candidate is not None
@@ -169,6 +212,7 @@ __all__ = [
     "BackendUnavailable",
     "backend_module",
     "check_backend",
+    "dispatch_as",
     "implementation",
     "is_available",
     "reset_probes",

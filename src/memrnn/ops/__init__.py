@@ -16,6 +16,7 @@ CPU kernels) and, where written, `triton.py` (GPU kernels). Every op function ta
 switches are re-exported here.
 """
 
+from memrnn.ops import dispatch
 from memrnn.ops._cpu import keep_freed_memory, output_cache_bytes, set_output_cache
 from memrnn.ops.brc import bistable_layer
 from memrnn.ops.dispatch import BACKENDS, BackendUnavailable
@@ -25,6 +26,11 @@ from memrnn.ops.mingru import mingru_layer
 from memrnn.ops.mru import mru_layer, mru_scan
 from memrnn.ops.scan import linear_scan
 from memrnn.ops.src import SRCConstants, src_loop, src_step
+
+# The pure-torch backends, loaded now so that torch.compile never meets an import mid-trace.
+for _op in ("scan", "mru", "mingru", "lru", "brc", "src", "lti"):
+    dispatch.preload(_op, "naive", "torch")
+del _op
 
 __all__ = [
     "BACKENDS",

@@ -17,9 +17,13 @@ Testing hook: `dispatch_as("cuda")` makes the dispatcher treat CPU tensors as CU
 with `TRITON_INTERPRET=1` set before triton is first imported, the kernels then run in Triton's
 interpreter. It changes only the dispatcher's choice, never where tensors live.
 
-Under `torch.compile`, `auto` passes over the numba kernels (dynamo cannot trace into them and
-would break the graph) and takes the batched torch ops or the loop; the triton kernels are
-`torch.library` custom ops with fake implementations, which trace.
+Under `torch.compile`, `auto` is resolved while dynamo traces, from what is already known: it
+passes over the numba kernels (dynamo cannot trace into them and would break the graph) and
+takes the batched torch ops or the loop; the triton kernels are `torch.library` custom ops with
+fake implementations, which trace, and are taken when an eager call has already imported and
+probed them (run the model once before compiling it; otherwise auto takes the torch ops). The
+naive and torch backends of every op are imported with `memrnn.ops` (`preload`), so no import
+happens inside a trace.
 """
 
 from __future__ import annotations
@@ -84,19 +88,33 @@ def check_backend(value: Any, owner: str) -> str:
     return value
 
 
-def backend_module(op: str, backend: str) -> ModuleType:
-    """`memrnn.ops.<op>.<backend>`, imported on first use; BackendUnavailable if it cannot be."""
+def _load(op: str, backend: str) -> ModuleType | str:
+    """`memrnn.ops.<op>.<backend>` (imported on first use), or why it cannot be had. Raises
+    nothing: `auto` runs this inside torch.compile traces too."""
     key = (op, backend)
     if key not in _MODULES:
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace an import; a backend not loaded eagerly is out of reach here.
+            return (
+                f"the {backend!r} backend of op {op!r} was not loaded before torch.compile "
+                f"traced it; run the model once eagerly, or call "
+                f"memrnn.ops.dispatch.preload({op!r}, {backend!r}), before compiling"
+            )
         try:
             _MODULES[key] = importlib.import_module(f"memrnn.ops.{op}.{backend}")
         except ImportError as err:
             _MODULES[key] = err
     module = _MODULES[key]
     if isinstance(module, Exception):
-        raise BackendUnavailable(
-            f"the {backend!r} backend of op {op!r} is not available: {module}"
-        ) from module
+        return f"the {backend!r} backend of op {op!r} is not available: {module}"
+    return module
+
+
+def backend_module(op: str, backend: str) -> ModuleType:
+    """`memrnn.ops.<op>.<backend>`, imported on first use; BackendUnavailable if it cannot be."""
+    module = _load(op, backend)
+    if isinstance(module, str):
+        raise BackendUnavailable(module)
     return module
 
 
@@ -109,10 +127,9 @@ def unavailable_reason(
 ) -> str | None:
     """Why `backend` cannot run `op` (its `function`, when named) on tensors of this device and
     dtype, or None if it can."""
-    try:
-        module = backend_module(op, backend)
-    except BackendUnavailable as err:
-        return str(err)
+    module = _load(op, backend)
+    if isinstance(module, str):
+        return module
     if function is not None and not hasattr(module, function):
         return f"the {backend!r} backend of op {op!r} has no {function}"
     if not getattr(module, "AVAILABLE", True):
@@ -137,6 +154,9 @@ def _probe(
 ) -> bool:
     key = (op, backend, device.type, dtype)
     if key not in _PROBED:
+        if torch.compiler.is_compiling():
+            # A probe runs kernels for real: not inside a trace. Unprobed means not chosen.
+            return False
         try:
             # Gradients on for the probe itself: a first call under no_grad or inference mode
             # must judge the backend, not the context (the result is kept for the process).
@@ -196,6 +216,15 @@ def resolve(
     return "torch" if is_available(op, "torch", device, dtype) else "naive"
 
 
+def preload(op: str, *backends: str) -> None:
+    """Imports backends of `op` now (each that can be imported), so that a later
+    `torch.compile` trace finds them loaded; `memrnn.ops` preloads naive and torch."""
+    for backend in backends:
+        check_backend(backend, f"dispatch.preload({op!r})")
+        with contextlib.suppress(BackendUnavailable):
+            backend_module(op, backend)
+
+
 def implementation(op: str, backend: str, name: str) -> Callable[..., Any]:
     """The function `name` of the backend module of `op` (a resolved backend, not "auto")."""
     return getattr(backend_module(op, backend), name)
@@ -204,7 +233,9 @@ def implementation(op: str, backend: str, name: str) -> Callable[..., Any]:
 def reset_probes() -> None:
     """Forgets the probes' results (after installing a compiler, or in tests)."""
     _PROBED.clear()
-    _MODULES.clear()
+    # The naive and torch modules stay: they need no compiler and are preloaded for compile.
+    for key in [key for key in _MODULES if key[1] not in ("naive", "torch")]:
+        del _MODULES[key]
 
 
 __all__ = [
@@ -215,6 +246,7 @@ __all__ = [
     "dispatch_as",
     "implementation",
     "is_available",
+    "preload",
     "reset_probes",
     "resolve",
     "unavailable_reason",

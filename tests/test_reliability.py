@@ -179,10 +179,18 @@ def test_bf16_on_cpu_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="bf16 needs a CUDA device"):
         train(config)
-    with pytest.raises(UsageError, match="'precision' must be one of fp32, bf16"):
+    with pytest.raises(UsageError, match="'precision' must be one of fp32, bf16, tf32"):
         resolve_config(overrides={"precision": "fp16"})
     with pytest.raises(UsageError, match="'dtype' must be one of float32, float64"):
         resolve_config(overrides={"dtype": "half"})
+
+
+def test_tf32_on_cpu_is_refused(tmp_path: Path) -> None:
+    config = resolve_config(
+        overrides={"model": MODEL, "precision": "tf32", "device": "cpu", "out": str(tmp_path)}
+    )
+    with pytest.raises(UsageError, match="--precision tf32 needs a CUDA device"):
+        train(config)
 
 
 @pytest.mark.gpu

@@ -212,7 +212,8 @@ def test_meta_state_matches_the_real_one(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(UNITS))
 def test_recurrence_stays_float32_under_autocast(name):
     # bfloat16 autocast (available on CPU) must not reach decays, gates or the scan: the unit
-    # upcasts its input, runs in float32, and gives the float32 result.
+    # upcasts its input and runs in float32 but for its projections' GEMMs (bfloat16, see
+    # tests/units/test_autocast.py), and gives a float32 result.
     torch.manual_seed(0)
     cls = UNITS[name]
     unit = cls(3, 4, **cls.example_kwargs)
@@ -222,7 +223,7 @@ def test_recurrence_stays_float32_under_autocast(name):
         y, state = unit(x.to(torch.bfloat16))
         y_t, _ = unit.step(x[:, 0].to(torch.bfloat16))
     assert y.dtype == torch.float32 and y_t.dtype == torch.float32
-    # The only difference allowed is the bfloat16 rounding of the input itself.
+    # The differences allowed: the bfloat16 rounding of the input and of the GEMMs.
     reference, _ = unit(x.to(torch.bfloat16).float())
-    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, reference, rtol=0.05, atol=0.02)
     assert expected.shape == y.shape and type(expected_state) is type(state)

@@ -71,8 +71,10 @@ class TrainConfig:
     device: "cpu", "cuda", ... ("auto": cuda when available). Under torchrun each process
         takes the GPU of its local rank.
     dtype: parameter dtype, "float32" or "float64" (e.g. for exact equivalence checks).
-    precision: "fp32", or "bf16" (CUDA only): autocast to bfloat16 around the model, with
-        the recurrent units (their parameters and scans) kept in float32.
+    precision: "fp32"; "bf16" (CUDA only): autocast to bfloat16 around the model, the units'
+        projections included, with their recurrences (gates, decays, scans) in float32; or
+        "tf32" (CUDA only): float32 with TF32 tensor-core matmuls and convolutions
+        (torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32, for the run).
     backend: the backend of every recurrent unit's op ("auto", "naive", "torch", "numba",
         "triton"; see `memrnn.ops.dispatch`).
     skip_nonfinite_grads: skip (and count) optimiser steps whose loss or gradients are not
@@ -423,7 +425,7 @@ def resume_differences(saved: TrainConfig, new: TrainConfig) -> list[str]:
 
 
 DTYPES = ("float32", "float64")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "tf32")
 
 
 __all__ = [

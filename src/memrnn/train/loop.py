@@ -348,6 +348,11 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
             "--precision bf16 needs a CUDA device (bfloat16 autocast on CPU is slow and gains "
             "nothing here); use --precision fp32 on CPU"
         )
+    if config.precision == "tf32" and device.type != "cuda":
+        raise UsageError(
+            "--precision tf32 needs a CUDA device (TF32 is a tensor-core format); use "
+            "--precision fp32 on CPU"
+        )
     world_size = _world_size_from_env()
     if world_size > 1:
         try:
@@ -356,9 +361,15 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
             raise UsageError(_one_line(err)) from None
     else:
         info = DistInfo(device=device)
+    # TF32: float32 matmuls and convolutions on tensor cores, with a 10-bit mantissa in the
+    # products; the flags are process-wide, so they are restored when the run ends.
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if config.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         return _train(config, echo, info)
     finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         if info.distributed:
             cleanup()
 

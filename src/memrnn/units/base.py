@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from memrnn.ops.dispatch import check_backend
@@ -78,22 +79,68 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...], owner: str) ->
     return value
 
 
-def _recurrence_in_float32(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Under autocast, runs a unit's forward/step with autocast off and half inputs upcast.
+# The autocast (device type, dtype) that was on around the outermost running unit, if any:
+# `Projection`s inside it run their GEMMs under it while the rest of the unit runs without.
+_OUTER_AUTOCAST: list[tuple[str, torch.dtype]] = []
 
-    Mixed precision speeds up the projections around a unit, but decays, gates, thresholds and
-    scan accumulation must stay in float32 (docs/units/lru.md): a bfloat16 decay of 0.999
-    rounds to 1.0. Applied to `forward` and `step` of every RecurrentUnit subclass, so a unit
-    called from any code, not only the training loop, keeps its recurrence in float32.
+
+def autocast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x weightᵀ + bias, with the GEMM in the autocast dtype that was on around the unit.
+
+    Inside a unit running under autocast (where the unit's own code runs with autocast off,
+    see `_recurrence_in_float32`), the product is computed as autocast would (e.g. a bfloat16
+    GEMM) and handed back in x's dtype (float32), so the gates, thresholds, decays and scans
+    computed from it stay float32. Anywhere else it is `F.linear`.
+    """
+    if projections_follow_autocast(x):
+        device_type, dtype = _OUTER_AUTOCAST[-1]
+        with torch.autocast(device_type, dtype=dtype):
+            y = F.linear(x, weight, bias)  # the GEMM in `dtype`
+        return y.to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+def projections_follow_autocast(x: Tensor) -> bool:
+    """Whether `autocast_linear` on x would run under autocast: units with fused
+    projection-and-recurrence ops take their unfused path then, so the GEMMs follow it."""
+    return bool(_OUTER_AUTOCAST) and _OUTER_AUTOCAST[-1][0] == x.device.type
+
+
+class Projection(nn.Linear):
+    """nn.Linear whose product follows the autocast around its unit (`autocast_linear`).
+
+    The units' input and output projections are Projections: under
+    `torch.autocast(dtype=torch.bfloat16)` their GEMMs run in bfloat16, their results return
+    in float32, and the recurrence between them stays in float32. Same parameters and
+    state_dict as nn.Linear.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return autocast_linear(x, self.weight, self.bias)
+
+
+def _recurrence_in_float32(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Under autocast, runs a unit's forward/step with autocast off and half inputs upcast,
+    except the unit's `Projection`s, whose GEMMs still follow the autocast.
+
+    Mixed precision speeds up the projections, but decays, gates, thresholds and scan
+    accumulation must stay in float32 (docs/units/lru.md): a bfloat16 decay of 0.999 rounds to
+    1.0. Applied to `forward` and `step` of every RecurrentUnit subclass, so a unit called from
+    any code, not only the training loop, keeps its recurrence in float32.
     """
 
     @functools.wraps(method)
     def wrapper(self: RecurrentUnit, x: Any, state: Any = None, **kwargs: Any) -> Any:
         if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                if x.dtype in (torch.float16, torch.bfloat16):
-                    x = x.float()
-                return method(self, x, state, **kwargs)
+            device_type = x.device.type
+            _OUTER_AUTOCAST.append((device_type, torch.get_autocast_dtype(device_type)))
+            try:
+                with torch.autocast(device_type, enabled=False):
+                    if x.dtype in (torch.float16, torch.bfloat16):
+                        x = x.float()
+                    return method(self, x, state, **kwargs)
+            finally:
+                _OUTER_AUTOCAST.pop()
         return method(self, x, state, **kwargs)
 
     wrapper.__recurrence_in_float32__ = True  # type: ignore[attr-defined]
@@ -454,7 +501,10 @@ def last_valid(y: Tensor, lengths: Tensor) -> Tensor:
 __all__ = [
     "NO_WEIGHT_DECAY",
     "UNITS",
+    "Projection",
     "RecurrentUnit",
+    "autocast_linear",
+    "projections_follow_autocast",
     "check_choice",
     "check_positive_int",
     "is_no_weight_decay",

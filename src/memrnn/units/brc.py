@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from memrnn.ops.brc import bistable_cell, bistable_layer
-from memrnn.units.base import RecurrentUnit, register_unit
+from memrnn.units.base import Projection, RecurrentUnit, register_unit
 
 
 class BRCState(NamedTuple):
@@ -50,9 +50,9 @@ class _BistableCell(RecurrentUnit):
         super().__init__(input_size, hidden_size, output_size, mode, backend)
         factory = {"device": device, "dtype": dtype}
         # Rows [0, H): U_a, [H, 2H): U_c, [2H, 3H): U.
-        self.in_proj = nn.Linear(input_size, 3 * hidden_size, **factory)
+        self.in_proj = Projection(input_size, 3 * hidden_size, **factory)
         self.out_proj = (
-            nn.Linear(hidden_size, output_size, **factory) if output_size is not None else None
+            Projection(hidden_size, output_size, **factory) if output_size is not None else None
         )
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memrnn.units.base import RecurrentUnit, register_unit
+from memrnn.units.base import Projection, RecurrentUnit, register_unit
 
 
 class LSTMState(NamedTuple):
@@ -50,7 +50,7 @@ class _TorchRNN(RecurrentUnit):
             input_size, hidden_size, bias=bias, batch_first=True, device=device, dtype=dtype
         )
         self.out_proj = (
-            nn.Linear(hidden_size, output_size, device=device, dtype=dtype)
+            Projection(hidden_size, output_size, device=device, dtype=dtype)
             if output_size is not None
             else None
         )

@@ -19,9 +19,16 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from memrnn.units.base import UNITS, RecurrentUnit, check_choice, check_positive_int, register_unit
+from memrnn.units.base import (
+    UNITS,
+    Projection,
+    RecurrentUnit,
+    check_choice,
+    check_positive_int,
+    register_unit,
+)
 
 COMBINES = ("sum", "concat")
 
@@ -127,7 +134,7 @@ class Hybrid(RecurrentUnit):
             self.proj = None
         else:
             width = self.mru.output_size + self.ssm.output_size
-            self.proj = nn.Linear(width, self.output_size, **factory)
+            self.proj = Projection(width, self.output_size, **factory)
         self.modes = tuple(m for m in self.mru.modes if m in self.ssm.modes)
         self.mode = self.modes[0] if mode is None else mode
         if backend != "auto":

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from memrnn.ops.lru import lru_layer
 from memrnn.units.base import (
+    Projection,
     RecurrentUnit,
     check_positive_int,
     mark_no_weight_decay,
@@ -114,7 +115,7 @@ class LRU(RecurrentUnit):
         recurrence = {"device": device, "dtype": torch.promote_types(dtype, torch.float32)}
         H, N = hidden_size, self.state_size
 
-        self.in_proj = nn.Linear(input_size, H, bias=False, **factory) if input_size != H else None
+        self.in_proj = Projection(input_size, H, bias=False, **factory) if input_size != H else None
         self.nu = nn.Parameter(torch.empty(N, **recurrence))
         self.theta = nn.Parameter(torch.empty(N, **recurrence))
         self.gamma_log = nn.Parameter(torch.empty(N, **recurrence))
@@ -123,7 +124,7 @@ class LRU(RecurrentUnit):
         self.C_re = nn.Parameter(torch.empty(H, N, **factory))
         self.C_im = nn.Parameter(torch.empty(H, N, **factory))
         self.D = nn.Parameter(torch.empty(H, **factory))
-        self.out_proj = nn.Linear(H, output_size, **factory) if output_size is not None else None
+        self.out_proj = Projection(H, output_size, **factory) if output_size is not None else None
         mark_no_weight_decay(self.nu, self.theta, self.gamma_log)
         self.reset_parameters()
 

@@ -15,10 +15,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from memrnn.ops.mingru import mingru_layer
-from memrnn.units.base import RecurrentUnit, register_unit
+from memrnn.ops.scan import linear_scan
+from memrnn.units.base import (
+    Projection,
+    RecurrentUnit,
+    projections_follow_autocast,
+    register_unit,
+)
 
 
 class MinGRUState(NamedTuple):
@@ -67,9 +73,9 @@ class MinGRU(RecurrentUnit):
         super().__init__(input_size, hidden_size, output_size, mode, backend)
         factory = {"device": device, "dtype": dtype}
         # Gate and candidate in one matmul: rows [0, H) are W_z, rows [H, 2H) are W_h.
-        self.in_proj = nn.Linear(input_size, 2 * hidden_size, bias=bias, **factory)
+        self.in_proj = Projection(input_size, 2 * hidden_size, bias=bias, **factory)
         self.out_proj = (
-            nn.Linear(hidden_size, output_size, **factory) if output_size is not None else None
+            Projection(hidden_size, output_size, **factory) if output_size is not None else None
         )
 
     def init_state(
@@ -92,6 +98,11 @@ class MinGRU(RecurrentUnit):
         return h if self.out_proj is None else self.out_proj(h)
 
     def _forward_parallel(self, x: Tensor, state: MinGRUState) -> tuple[Tensor, MinGRUState]:
+        if projections_follow_autocast(x):
+            # The projection's GEMM in the autocast dtype, gates and scan in float32.
+            a, b = self._gates(x)  # (B, T, H) each
+            h, h_last = linear_scan(a, b, state.h.to(b.dtype), backend=self.backend)
+            return self._output(h), MinGRUState(h_last)
         weight = self.in_proj.weight  # (2H, D): [W_z; W_h]
         # The projection, gates and scan as one op (on CPU: chunks of rows that stay in cache).
         h = mingru_layer(x, weight, self.in_proj.bias, state.h.to(weight.dtype), self.backend)

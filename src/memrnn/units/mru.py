@@ -36,9 +36,12 @@ from torch import Tensor, nn
 from memrnn.ops.mru import mru_gates, mru_layer, mru_scan
 from memrnn.ops.surrogate import SurrogateFn, get_surrogate, sign
 from memrnn.units.base import (
+    Projection,
     RecurrentUnit,
+    autocast_linear,
     check_choice,
     mark_no_weight_decay,
+    projections_follow_autocast,
     register_unit,
 )
 
@@ -120,15 +123,15 @@ class BMRU(RecurrentUnit):
         self._derivative = get_surrogate(surrogate, sharpness)
         self.epsilon = epsilon
         factory = {"device": device, "dtype": dtype}
-        self.candidate = nn.Linear(input_size, hidden_size, **factory)
+        self.candidate = Projection(input_size, hidden_size, **factory)
         if threshold == "input":
-            self.threshold_proj = nn.Linear(input_size, hidden_size, **factory)
+            self.threshold_proj = Projection(input_size, hidden_size, **factory)
         else:
             self.beta = nn.Parameter(torch.empty(hidden_size, **factory))
             mark_no_weight_decay(self.beta)
         self.alpha = nn.Parameter(torch.empty(hidden_size, **factory))
         self.h0 = nn.Parameter(torch.empty(hidden_size, **factory))
-        self.out = nn.Linear(hidden_size, self.output_size, **factory)
+        self.out = Projection(hidden_size, self.output_size, **factory)
         mark_no_weight_decay(self.alpha, self.h0)
         # The write rate of the last forward/step (mean of z), for `write_rate_penalty`.
         self.last_write_rate: Tensor | None = None
@@ -202,11 +205,12 @@ class BMRU(RecurrentUnit):
         return self.out.weight * self.alpha
 
     def _readout(self, h: Tensor) -> Tensor:
-        return nn.functional.linear(h, self._readout_weight(), self.out.bias)
+        return autocast_linear(h, self._readout_weight(), self.out.bias)
 
     def _forward_parallel(self, x: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
         h0 = state.h.to(x.dtype).contiguous()
-        if self.threshold == "input":
+        # Under autocast the GEMMs run apart from the op, in the autocast dtype.
+        if self.threshold == "input" and not projections_follow_autocast(x):
             # Projections, recurrence and readout as one op (on CPU: chunks of rows in cache).
             y, h_last, self.last_write_rate = mru_layer(
                 x,
@@ -223,7 +227,8 @@ class BMRU(RecurrentUnit):
             return y, BMRUState(h_last)
         h, self.last_write_rate = mru_scan(
             self.candidate(x),  # (B, T, N)
-            self.beta,  # (N,), before its absolute value
+            # (B, T, N) or (N,), before its absolute value
+            self.threshold_proj(x) if self.threshold == "input" else self.beta,
             h0,
             self._epsilon,
             self.surrogate,

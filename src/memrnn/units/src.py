@@ -84,11 +84,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memrnn.ops.src import SRCConstants, src_loop, src_step
-from memrnn.units.base import RecurrentUnit, register_unit
+from memrnn.units.base import RecurrentUnit, autocast_linear, register_unit
 
 # A spike onset is counted when ReLU(h) rises above this level (rest is ReLU(h) = 0 exactly).
 SPIKE_THRESHOLD = 0.1
@@ -289,12 +288,12 @@ class SRC(RecurrentUnit):
         return SRCState(i, h.expand(batch_size, N).clone(), hs.expand(batch_size, N).clone())
 
     def _step(self, x_t: Tensor, state: SRCState) -> tuple[Tensor, SRCState]:
-        u_t = F.linear(x_t, self.weight_s)  # (B, N)
+        u_t = autocast_linear(x_t, self.weight_s)  # (B, N)
         y, i, h, hs = src_step(u_t, *state, self.effective_bias_h, self.constants)
         return y, SRCState(i, h, hs)
 
     def _forward_recurrent(self, x: Tensor, state: SRCState) -> tuple[Tensor, SRCState]:
-        u = F.linear(x, self.weight_s)  # (B, T, N)
+        u = autocast_linear(x, self.weight_s)  # (B, T, N)
         y, i, h, hs = src_loop(
             u.contiguous(), *state, self.effective_bias_h, self.constants, self.backend
         )

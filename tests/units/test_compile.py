@@ -80,3 +80,17 @@ def test_a_backend_not_loaded_before_tracing_is_unavailable(
 def test_preload_rejects_an_unknown_backend() -> None:
     with pytest.raises(ValueError, match=r"dispatch.preload\('mru'\): unknown backend 'cuda'"):
         dispatch.preload("mru", "cuda")
+
+
+def test_bmru_compiles_fullgraph_under_bf16_autocast() -> None:
+    # The projections' autocast (memrnn.units.base.autocast_linear) traces as well.
+    torch.manual_seed(0)
+    unit = UNITS["bmru"](3, 8)
+    x = torch.randn(2, 9, 3)
+    torch._dynamo.reset()
+    compiled = torch.compile(unit, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, _ = unit(x)
+        y, state = compiled(x)
+    assert y.dtype == state.h.dtype == torch.float32
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)

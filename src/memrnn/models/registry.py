@@ -182,10 +182,35 @@ def head_for_task(task: Any) -> str:
     return "sequence"
 
 
-def model_config(name: str, input_size: int, output_size: int, **overrides: Any) -> ModelConfig:
+# LMU units need an order and a window theta. The window must match the task (theta = the
+# sequence length unless given: a 16-step window on a 784-step task forgets all but the end),
+# so it is filled from `seq_len` here, never from the registry's small test values.
+LMU_UNITS = ("plmu", "lmu")
+LMU_DEFAULT_ORDER = 8
+
+
+def _fill_lmu_kwargs(config: ModelConfig, seq_len: int | None) -> ModelConfig:
+    """Gives each LMU layer without `order`/`theta` the default order and theta = seq_len."""
+    layer_kwargs = dict(config.layer_unit_kwargs)
+    for unit in sorted(set(config.layer_units()) & set(LMU_UNITS)):
+        given = config.kwargs_for(unit)
+        extra: dict[str, Any] = {}
+        if "order" not in given:
+            extra["order"] = LMU_DEFAULT_ORDER
+        if "theta" not in given and seq_len is not None:
+            extra["theta"] = float(seq_len)
+        if extra:
+            layer_kwargs[unit] = {**layer_kwargs.get(unit, {}), **extra}
+    return config.replace(layer_unit_kwargs=layer_kwargs)
+
+
+def model_config(
+    name: str, input_size: int, output_size: int, seq_len: int | None = None, **overrides: Any
+) -> ModelConfig:
     """The ModelConfig of variant `name` for these sizes, with ModelConfig field overrides.
 
-    `unit_kwargs` and `spiking` overrides are merged into the variant's dicts.
+    `unit_kwargs` and `spiking` overrides are merged into the variant's dicts. `seq_len` (the
+    task's sequence length) sets the window theta of LMU layers that are not given one.
     """
     variants = _variants()
     if name not in variants:
@@ -203,9 +228,10 @@ def model_config(name: str, input_size: int, output_size: int, **overrides: Any)
     for key in ("unit_kwargs", "spiking", "layer_unit_kwargs"):
         if key in overrides and key in base:
             overrides[key] = {**base[key], **(overrides[key] or {})}
-    return ModelConfig(
+    config = ModelConfig(
         input_size=input_size, output_size=output_size, name=name, **{**base, **overrides}
     )
+    return _fill_lmu_kwargs(config, seq_len)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -245,7 +271,8 @@ def config_for_task(name: str, task: Any, **overrides: Any) -> ModelConfig:
     """The ModelConfig of `name` sized for `task`, with the head its target needs."""
     overrides.setdefault("head", head_for_task(task))
     overrides.setdefault("input_kind", getattr(task, "input_kind", "real"))
-    return model_config(name, task.input_size, task.output_size, **overrides)
+    seq_len = getattr(task, "seq_len", None)
+    return model_config(name, task.input_size, task.output_size, seq_len=seq_len, **overrides)
 
 
 def create_model_for_task(name: str, task: Any, **overrides: Any) -> nn.Module:

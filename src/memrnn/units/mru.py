@@ -152,10 +152,10 @@ class BMRU(RecurrentUnit):
         super().__init__(input_size, hidden_size, output_size, mode)
         owner = type(self).__name__
         self.threshold = check_choice("threshold", threshold, THRESHOLDS, owner)
+        self.sharpness = sharpness
         # Checks the surrogate's name now rather than at the first forward.
         get_surrogate(surrogate, sharpness)
         self.surrogate = surrogate
-        self.sharpness = sharpness
         self.epsilon = epsilon
         self.scan_backend = scan_backend
         factory = {"device": device, "dtype": dtype}

@@ -11,10 +11,14 @@ tell one step from another. What was measured (experiments/results/digits-probe,
 1000 steps, seed 0, BMRU accuracy): plain blocks 0.114; a start-of-sequence flag 0.114;
 16 sinusoidal channels 0.660; output gate + residual scale + causal conv k = 4 0.649; both
 sinusoidal and block options 0.875 (CMRU at eps = 1: 0.897 sinusoidal, 0.914 with both).
-The default positional code is the one that keeps the flip-flop horizon (trained at T = 100,
-no error to T = 100 000, experiments/results/flip-flop-positional); classification configs
-that run at one fixed length ask for `positional: sinusoidal` themselves. The other units
-(LRU, minGRU, GRU, ...) keep plain blocks: they reach 0.84-0.98 on digits without them.
+The default positional code is the start-of-sequence flag, the one that keeps the flip-flop
+horizon (experiments/results/flip-flop-positional, trained at T = 100, seed 0): with it the
+BMRU and the CMRU annealed to a BMRU make no error at T = 100, 1k, 10k and 100k, while with
+the sinusoidal code, whose values past step 100 were never seen in training, the annealed
+CMRU makes errors from T = 1k on (accuracy 0.999996, 0.99994, 0.99998 at 1k, 10k, 100k).
+Classification configs that run at one fixed length ask for `positional: sinusoidal`
+themselves (experiments/configs/digits-positional.yaml). The other units (LRU, minGRU, GRU,
+...) keep plain blocks: they reach 0.84-0.98 on digits without them.
 
     >>> model = create_model("bmru-small", input_size=1, output_size=10)
     >>> list_models()[:3]

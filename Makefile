@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.memrnn-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint bench install clean
+.PHONY: demo test test-slow lint bench docs install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,5 +35,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.scan
 
+# The documentation site, into site/ (open site/index.html).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache

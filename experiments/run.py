@@ -248,6 +248,8 @@ def run_one(
             "model_overrides": overrides,
             "task_kwargs": task_kwargs,
             "resume": resume,
+            # A folder without an intact checkpoint holds nothing worth keeping.
+            "overwrite": not resume,
         },
         overrides_are_text=False,
     )

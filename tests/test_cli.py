@@ -272,3 +272,127 @@ def test_eval_of_a_damaged_checkpoint_exits_2_with_one_line(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training.pt has 0 bytes" in err
+
+
+def test_eval_of_a_text_model_encodes_with_the_saved_vocabulary(tmp_path, capsys):
+    run = _text_run(tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    # The corpus loses its 'a's: a vocabulary rebuilt from it would shift every later id.
+    corpus.write_text(corpus.read_text().replace("a", "o"))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--samples", "8"]) == 0
+    from memrnn.cli import _checkpoint_training, _task_of
+    from memrnn.train.checkpoint import find_checkpoint, load_vocab
+
+    folder = find_checkpoint(run)
+    task = _task_of(_checkpoint_training(folder), folder)
+    assert task.vocab == load_vocab(folder) and "a" in task.vocab
+    # A character the model never saw cannot be encoded: one line, exit 2.
+    corpus.write_text(corpus.read_text() + "Z")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--samples", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "characters outside `vocab` ('Z')" in err
+
+
+def test_progress_is_a_bar_only_on_a_terminal(tmp_path, capsys):
+    args = ["train", "--model", MODEL, "--task", "flip-flop", "--steps", "40", "--out"]
+    tiny = [t for t in TINY if t != "--no-progress"]
+    assert main([*args, str(tmp_path / "run"), *tiny, "--log-every", "10"]) == 0
+    err = capsys.readouterr().err
+    # Not a terminal (captured): plain lines every 40/20 = 2 steps, no carriage returns.
+    lines = [line for line in err.splitlines() if f"{MODEL} on flip-flop: step" in line]
+    assert len(lines) == 20 and "\r" not in err
+    assert lines[-1].startswith(f"{MODEL} on flip-flop: step 40/40 loss=")
+    assert "accuracy=" in lines[-1]
+
+
+def test_list_shows_whole_descriptions(capsys):
+    from memrnn.cli import _describe_tasks
+
+    assert main(["list"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for name, text in _describe_tasks().items():
+        assert f"{name} {text}" in out
+    # The first paragraph of a task's docstring, not its first line.
+    assert _describe_tasks()["adding"].endswith(".")
+
+
+def test_a_bare_train_prints_usage_and_starts_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 2
+    assert main(["train", "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: memrnn train --model NAME --task NAME")
+    assert err.strip().splitlines()[-1].startswith("memrnn: error: train needs --model NAME")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert _train(run) == 0
+    return run
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["eval", "--checkpoint", "{run}", "--seq-len", "0"],
+            "--seq-len: expected an integer >= 1",
+        ),
+        (["eval", "--checkpoint", "{run}", "--batch-size", "0"], "--batch-size: expected an"),
+        (["eval", "--checkpoint", "{run}", "--samples", "0"], "--samples: expected an integer"),
+        (["eval", "--checkpoint", "{run}", "--split", "x"], "invalid choice: 'x'"),
+        (["plot", "--run", "{run}", "--out", "x.txt"], "--out 'x.txt' must end in .png"),
+        (["plot", "--run", "{run}", "--out", "{run}"], "is a folder"),
+        (["export", "--checkpoint", "{run}", "--out", "{run}"], "is a folder; give a file"),
+        (["export", "--checkpoint", "{run}", "--out", "a.onnx"], "must end in .pt2"),
+        (["train", "--model", MODEL, "--task", "flip-flop", "--lr", "nan"], "'lr' must be a"),
+        (["train", "--model", MODEL, "--task", "flip-flop", "--betas", "[2,3]"], "in [0, 1)"),
+        (["train", "--model", MODEL, "--min-lr-ratio", "-1", "--warmup", "0"], "[0, 1], got -1"),
+        (["train", "--model", MODEL, "--weight-decay", "-5"], "'weight_decay' must be a finite"),
+        (["train", "--model", MODEL, "--grad-clip", "-1"], "'grad_clip' must be a finite"),
+        (["train", "--model", MODEL, "--model.d_model", "[1,"], "is not a value"),
+        (["train", "--model", MODEL, "--config", "{bad}"], "is not UTF-8 text"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tiny_run, tmp_path, capsys):
+    run = tiny_run
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"steps: \xff\xfe")
+    argv = [a.replace("{run}", str(run)).replace("{bad}", str(bad)) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("memrnn: error:") and message in err
+
+
+def test_an_unwritable_plot_names_the_path(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import matplotlib.figure
+
+    run = tmp_path / "run"
+    assert _train(run) == 0
+
+    def read_only(self, path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    # A read-only folder (faked: the tests may run as root, which ignores permissions).
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", read_only)
+    capsys.readouterr()
+    assert main(["plot", "--run", str(run), "--out", str(tmp_path / "ro" / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"'{tmp_path / 'ro' / 'c.png'}': Permission denied" in err
+
+
+def test_eval_at_a_length_a_fixed_length_task_cannot_take(tmp_path, capsys):
+    run = tmp_path / "digits"
+    args = ["train", "--model", MODEL, "--task", "digits", "--steps", "1", "--out", str(run)]
+    assert main([*args, *[t for t in TINY if t not in ("--seq-len", "10")]]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--seq-len", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its length is fixed by the data" in err

@@ -118,18 +118,20 @@ def test_rerun_resumes_finished_runs_and_fresh_retrains(tmp_path: Path) -> None:
     run_dir = out / "runs" / "all" / "bmru" / "seed0"
     log = run_dir / "metrics.csv"
     logged = log.read_text()
-    saved = (run_dir / "last").stat().st_ino
+    # The manifest is written last: its time stamp tells when the checkpoint was written.
+    saved = (run_dir / "last" / "manifest.json").stat().st_mtime_ns
     # A second invocation finds the finished checkpoint: no step is trained again, the
     # evaluation of the same weights is the same, and the run's training time is kept.
     assert run.main([str(cfg), "--out", str(out)]) == 0
     again = rows()
     assert again[0]["loss"] == first[0]["loss"] and again[0]["steps"] == "4"
     assert again[0]["train_s"] == first[0]["train_s"]
-    assert log.read_text() == logged and (run_dir / "last").stat().st_ino == saved
+    assert log.read_text() == logged
+    assert (run_dir / "last" / "manifest.json").stat().st_mtime_ns == saved
     # --fresh trains from step 0 and checkpoints anew (same seed: the same weights).
     assert run.main([str(cfg), "--out", str(out), "--fresh"]) == 0
     assert rows()[0]["loss"] == first[0]["loss"]
-    assert (run_dir / "last").stat().st_ino != saved
+    assert (run_dir / "last" / "manifest.json").stat().st_mtime_ns > saved
 
 
 def test_runs_checkpoint_during_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,10 +12,18 @@
     memrnn plot --run runs/x
     memrnn plot --checkpoint runs/x --states
 
-`train` takes any TrainConfig key as `--key value` (dashes or underscores); mistakes in names,
-types or paths, and damaged checkpoints, print one line on stderr and exit with status 2. A
-training run whose loss or gradients stop being finite prints one line naming the step and
-exits with status 3 (its last checkpoint is kept).
+`train` takes any TrainConfig key as `--key value` (dashes or underscores) and needs a model
+and a task (from the command line or --config), or `--out RUN --resume`. A new run refuses a
+non-empty --out unless --overwrite; `--resume` refuses options that change the model, the
+task or the optimisation (it may change --steps, --stop-at, --time-limit, the evaluation and
+checkpoint cadence, --device, logging). A resumed run keeps its learning-rate schedule: with
+a larger --steps it continues at the final rate instead of re-stretching the cosine.
+
+Mistakes in names, types, ranges or paths, damaged or refused checkpoints, and files that
+cannot be written (full disk, permissions: the message names the path and what is intact)
+print one line on stderr and exit with status 2. A training run whose loss or gradients stop
+being finite prints one line naming the step and exits with status 3 (its last checkpoint is
+kept).
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
 
 from memrnn.runtime import keep_freed_memory
 from memrnn.train.config import TrainingDiverged, UsageError
+from memrnn.train.runfolder import atomic_write_text, describe_os_error
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -60,9 +70,18 @@ def parse_overrides(tokens: list[str]) -> tuple[str | None, dict[str, str]]:
     return config_file, overrides
 
 
+TRAIN_USAGE = (
+    "usage: memrnn train --model NAME --task NAME [--out RUN] [--KEY VALUE ...]\n"
+    "       memrnn train --config FILE [--KEY VALUE ...]\n"
+    "       memrnn train --out RUN --resume [--steps N ...]\n"
+    "       (memrnn train --help: every option; memrnn list: models and tasks)"
+)
+
+
 def cmd_train(tokens: list[str]) -> int:
-    from memrnn.train.config import normalise_key, resolve_config
-    from memrnn.train.loop import load_run_config, train
+    from memrnn.train.config import load_yaml, normalise_key, resolve_config
+    from memrnn.train.loop import train
+    from memrnn.train.runfolder import load_run_config
 
     if any(t in ("-h", "--help") for t in tokens):
         print(__doc__)
@@ -72,12 +91,23 @@ def cmd_train(tokens: list[str]) -> int:
     base = None
     resume = overrides.get("resume", "false").lower() in ("true", "1", "yes", "on")
     if resume:
-        if "out" not in overrides:
+        if not overrides.get("out", "").strip():
             raise UsageError("--resume needs --out RUN_FOLDER (the run to continue)")
         base = load_run_config(overrides["out"])
         # The saved stop_at ended the earlier invocation; a resumed run goes on to `steps`.
         base["stop_at"] = None
+        base.pop("overwrite", None)
     config = resolve_config(config_file, overrides, base=base)
+    given = set(overrides)
+    if config_file is not None:
+        given |= {normalise_key(str(k)) for k in load_yaml(config_file)}
+    if not resume and not given & {"model", "task"}:
+        # A bare `memrnn train` would otherwise start a default run.
+        print(TRAIN_USAGE, file=sys.stderr)
+        raise UsageError(
+            "train needs --model NAME and --task NAME (see `memrnn list`), a --config file "
+            "that names them, or --out RUN --resume"
+        )
     result = train(config, echo=True)
     if result.rank != 0:
         return 0
@@ -89,43 +119,71 @@ def cmd_train(tokens: list[str]) -> int:
     return 0
 
 
-def _checkpoint_context(path: str) -> tuple[Any, Any, dict[str, Any], Path]:
-    from memrnn.train.checkpoint import CheckpointError, find_checkpoint, load_model, load_training
+def _checkpoint_model(path: str) -> tuple[Any, Path]:
+    """(model, checkpoint folder) of a run or checkpoint folder, verified; UsageError."""
+    from memrnn.train.checkpoint import CheckpointError, find_checkpoint, load_model
 
     try:
         folder = find_checkpoint(path)
         model, _ = load_model(folder)
-        training = load_training(folder)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
     except CheckpointError as err:
         raise UsageError(f"{err}; use another checkpoint (e.g. {Path(path) / 'prev'})") from None
-    return model, folder, training, folder.parent
+    return model, folder
 
 
-def _task_of(training: dict[str, Any]) -> Any:
+def _checkpoint_training(folder: Path) -> dict[str, Any]:
+    """The training state of a checkpoint folder (read only by the commands that need the
+    task): tensors and plain values only, see memrnn.train.checkpoint."""
+    from memrnn.train.checkpoint import CheckpointError, load_training
+
+    try:
+        return load_training(folder)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+
+
+def _task_of(training: dict[str, Any], folder: Path) -> Any:
+    """The task a checkpoint was trained on; a text task encodes with the saved vocab.json."""
+    from memrnn.tasks.registry import task_kwargs
+    from memrnn.train.checkpoint import CheckpointError, load_vocab
     from memrnn.train.loop import build_task
 
     cfg = training.get("train_config") or {}
-    if "task" not in cfg:
+    if not isinstance(cfg, dict) or "task" not in cfg:
         raise UsageError("this checkpoint does not record its task; train it with `memrnn train`")
-    return build_task(cfg["task"], cfg.get("seq_len"), **(cfg.get("task_kwargs") or {}))
+    kwargs = dict(cfg.get("task_kwargs") or {})
+    try:
+        vocab = load_vocab(folder)
+        if vocab is not None and "vocab" in task_kwargs(cfg["task"]):
+            kwargs["vocab"] = vocab
+    except (CheckpointError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    return build_task(cfg["task"], cfg.get("seq_len"), **kwargs)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from memrnn.train.loop import evaluate
 
-    model, folder, training, run_dir = _checkpoint_context(args.checkpoint)
-    task = _task_of(training)
+    model, folder = _checkpoint_model(args.checkpoint)
+    training = _checkpoint_training(folder)
+    run_dir = folder.parent
+    task = _task_of(training, folder)
     cfg = training.get("train_config") or {}
-    loss, metrics = evaluate(
-        model,
-        task,
-        args.split,
-        args.samples or cfg.get("eval_samples", 512),
-        args.batch_size,
-        seq_len=args.seq_len,
-    )
+    try:
+        loss, metrics = evaluate(
+            model,
+            task,
+            args.split,
+            args.samples or cfg.get("eval_samples", 512),
+            args.batch_size,
+            seq_len=args.seq_len,
+        )
+    except (ValueError, TypeError) as err:
+        raise UsageError(
+            f"cannot evaluate {folder} on {cfg.get('task')}: {_one_line(err)}"
+        ) from None
     length = args.seq_len or "default"
     result = {
         "checkpoint": str(folder),
@@ -142,9 +200,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     name = f"eval_{args.split}_{args.seq_len or 'default'}.json"
     try:
-        (run_dir / name).write_text(json.dumps(result, indent=2))
-    except OSError:
-        pass
+        atomic_write_text(run_dir / name, json.dumps(result, indent=2))
+    except OSError as err:
+        # The result is printed above; the copy in the run folder is a convenience.
+        print(f"memrnn: warning: result not saved: {describe_os_error(err)}", file=sys.stderr)
     return 0
 
 
@@ -152,9 +211,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from memrnn.inference import generate
-    from memrnn.train.checkpoint import load_vocab
+    from memrnn.train.checkpoint import CheckpointError, load_vocab
 
-    model, folder, _, _ = _checkpoint_context(args.checkpoint)
+    model, folder = _checkpoint_model(args.checkpoint)
     config = model.config
     if config.input_kind != "tokens" or config.head != "next-token":
         raise UsageError(
@@ -162,7 +221,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"holds a model with {config.input_kind} inputs and a {config.head!r} head "
             "(use `memrnn stream` for real-valued inputs)"
         )
-    vocab = load_vocab(folder)
+    try:
+        vocab = load_vocab(folder)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
     if vocab is None:
         raise UsageError(
             f"{folder} has no vocab.json, so the prompt cannot be encoded; "
@@ -217,7 +279,7 @@ def _stdin_steps(size: int) -> Any:
 def cmd_stream(args: argparse.Namespace) -> int:
     from memrnn.inference import stream
 
-    model, folder, _, _ = _checkpoint_context(args.checkpoint)
+    model, folder = _checkpoint_model(args.checkpoint)
     config = model.config
     if config.input_kind != "real":
         raise UsageError(
@@ -243,12 +305,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from memrnn.export import StepModule, export_onnx, export_step
 
-    model, folder, _, _ = _checkpoint_context(args.checkpoint)
+    out = _output_file(args.out, "--out", (".pt2",))
+    onnx_path = _output_file(args.onnx, "--onnx", (".onnx",)) if args.onnx else None
+    model, folder = _checkpoint_model(args.checkpoint)
     model.eval()
     # The exporters' warnings are about their own internals, not about this model.
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     program = export_step(model)
     torch.export.save(program, str(out))
@@ -257,8 +320,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{out}: step of {folder} as torch.export program: (x_t, {names}) -> "
         f"(y_t, new state); load with torch.export.load(path).module()"
     )
-    if args.onnx:
-        onnx_path = Path(args.onnx)
+    if onnx_path is not None:
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             export_onnx(model, onnx_path)
@@ -280,11 +342,22 @@ def cmd_list(_: argparse.Namespace) -> int:
 
     print("models:")
     for name, text in describe_models().items():
-        print(f"  {name:22s} {text}")
+        print(_list_line(name, text))
     print("tasks:")
     for name, text in _describe_tasks().items():
-        print(f"  {name:22s} {text}")
+        print(_list_line(name, text))
     return 0
+
+
+def _list_line(name: str, text: str) -> str:
+    """`  name  description`, the whole description wrapped under itself at 100 columns."""
+    return textwrap.fill(
+        " ".join(text.split()),
+        width=100,
+        initial_indent=f"  {name:22s} ",
+        subsequent_indent=" " * 25,
+        break_on_hyphens=False,
+    )
 
 
 def _describe_tasks() -> dict[str, str]:
@@ -294,8 +367,9 @@ def _describe_tasks() -> dict[str, str]:
         return {}
     out = {}
     for name in list_tasks():
-        doc = (get_task_class(name).__doc__ or "").strip().splitlines()
-        out[name] = doc[0] if doc else ""
+        # The docstring's first paragraph, whole.
+        doc = (get_task_class(name).__doc__ or "").strip()
+        out[name] = " ".join(doc.split("\n\n")[0].split())
     return out
 
 
@@ -313,8 +387,36 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     if not (Path(run) / "metrics.csv").is_file():
         raise UsageError(f"{run!r} has no metrics.csv; pass a run folder written by `memrnn train`")
-    print(plot_curves(run, args.out))
+    out = _output_file(args.out, "--out", PLOT_SUFFIXES) if args.out else None
+    try:
+        print(plot_curves(run, out))
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise UsageError(
+            f"{str(Path(run) / 'metrics.csv')!r} cannot be plotted ({_one_line(err)[:200]}); "
+            "is it damaged?"
+        ) from None
     return 0
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
+    """`path` as an output file: non-empty, not a folder, one of `suffixes`; UsageError."""
+    if not path or not path.strip():
+        raise UsageError(f"{option} is empty; give a file name ending in {suffixes[0]}")
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{option} {path!r} is a folder; give a file name ending in {suffixes[0]}")
+    if out.suffix.lower() not in suffixes:
+        raise UsageError(
+            f"{option} {path!r} must end in {' or '.join(suffixes)} (the format is taken from it)"
+        )
+    return out
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def _plot_states(args: argparse.Namespace) -> int:
@@ -322,23 +424,56 @@ def _plot_states(args: argparse.Namespace) -> int:
 
     from memrnn.viz.states import plot_states
 
-    model, folder, training, run_dir = _checkpoint_context(args.checkpoint)
-    task = _task_of(training)
+    out = _output_file(args.out, "--out", PLOT_SUFFIXES) if args.out else None
+    model, folder = _checkpoint_model(args.checkpoint)
+    training = _checkpoint_training(folder)
+    task = _task_of(training, folder)
     generator = torch.Generator().manual_seed(args.seed)
-    batch = task.batch(1, args.split, generator, seq_len=args.seq_len)
+    try:
+        batch = task.batch(1, args.split, generator, seq_len=args.seq_len)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"cannot draw a {args.split} sample: {_one_line(err)}") from None
     x = batch.x[0]
     if batch.lengths is not None:
         x = x[: int(batch.lengths[0])]
     cfg = training.get("train_config") or {}
-    out = args.out or run_dir / "states.png"
+    out = out or folder.parent / "states.png"
     title = f"{cfg.get('model')} on {cfg.get('task')}: states over time (one {args.split} sample)"
     for path in plot_states(model, x, out, title=title):
         print(path)
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors raised as UsageError: one line, exit status 2."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="memrnn", description="Parallelizable recurrent networks with persistent memory."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -349,10 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", required=True, help="run folder (best, else last) or checkpoint folder"
     )
-    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--seq-len", type=_positive_int, default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--samples", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p = sub.add_parser("generate", help="sample text from a next-token model")
     p.add_argument(
         "--checkpoint",
@@ -360,10 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder (best, else last) or checkpoint folder of a text model",
     )
     p.add_argument("--prompt", required=True, help="text to start from")
-    p.add_argument("--n", type=int, default=100, help="characters to add (default 100)")
+    p.add_argument(
+        "--n", type=_non_negative_int, default=100, help="characters to add (default 100)"
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--top-k", type=_positive_int, default=None, help="sample among the k most likely"
+    )
+    p.add_argument("--seed", type=_non_negative_int, default=0)
     p = sub.add_parser("stream", help="run a model step by step on values read from stdin")
     p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
     p.add_argument(
@@ -380,10 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="run folder: learning curves from metrics.csv")
     p.add_argument("--checkpoint", default=None, help="run or checkpoint folder (with --states)")
     p.add_argument("--states", action="store_true", help="plot hidden states of one sample")
-    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--seq-len", type=_positive_int, default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="PNG path (default: inside the run folder)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument(
+        "--out", default=None, help="PNG, PDF or SVG path (default: PNG in the run folder)"
+    )
     return parser
 
 
@@ -410,6 +551,14 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"memrnn: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except OSError as err:
+        # A full disk, a read-only folder, a vanished file: the path and the reason.
+        from memrnn.train.checkpoint import CheckpointWriteError
+        from memrnn.train.runfolder import describe_os_error
+
+        text = err.strerror if isinstance(err, CheckpointWriteError) else describe_os_error(err)
+        print(f"memrnn: error: {' '.join(str(text).split())}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("memrnn: interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -116,6 +116,7 @@ def run_demo(
             log_every=max(1, steps // 50),
             seed=seed,
             progress=sys.stderr.isatty(),
+            overwrite=True,
             tensorboard=False,
             epsilon_schedule=f"{int(0.1 * steps)},{int(0.25 * steps)}" if anneal else None,
             model_overrides={"d_model": s["d_model"]},

@@ -235,3 +235,16 @@ def test_options_come_from_the_cli_and_survive_the_checkpoint_json() -> None:
 def test_registry_overrides_take_the_options() -> None:
     cfg = model_config("cmru-small", 2, 3, positional="start", residual_scale=True)
     assert cfg.positional == "start" and cfg.residual_scale
+
+
+def test_lengths_end_the_state_and_the_positions_at_each_sequence_end() -> None:
+    model = _model("bmru", OPTIONS["all"]).eval()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 3, dtype=torch.float64, generator=gen)
+    more = torch.randn(2, 4, 3, dtype=torch.float64, generator=gen)
+    _, state = model(x, lengths=torch.tensor([8, 5]))
+    y, _ = model(more, state)
+    for b, n in enumerate((8, 5)):
+        _, alone = model(x[b : b + 1, :n])
+        ref, _ = model(more[b : b + 1], alone)
+        torch.testing.assert_close(y[b : b + 1], ref, rtol=1e-10, atol=1e-10)

@@ -14,6 +14,7 @@ from memrnn.tasks.base import INPUT_KINDS, TARGETS
 
 BUILTIN = [
     "adding",
+    "arrays",
     "copy-first-input",
     "denoising",
     "digits",

@@ -1,3 +1,4 @@
+import errno
 import os
 
 import pytest
@@ -7,6 +8,7 @@ import memrnn.train.checkpoint as checkpoint
 from memrnn.models import build_model, list_models, model_config
 from memrnn.train.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
     find_checkpoint,
     find_good_checkpoint,
     load_model,
@@ -50,13 +52,22 @@ def test_a_failure_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, mon
     save_checkpoint(tmp_path, "last", old, cfg, {"step": 1})
     new, _ = _model(1)
 
-    def broken_save(obj, path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+    real_write = checkpoint._write_bytes
 
-    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    def disk_full_at_training_pt(path, data):
+        if path.name == "training.pt":
+            with open(path, "wb") as f:
+                f.write(data[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_bytes", disk_full_at_training_pt)
+    # One line naming the file that failed, the reason and the checkpoint that survived.
+    with pytest.raises(
+        CheckpointWriteError,
+        match=r"writing checkpoint 'last' failed at '.*training\.pt' \(No space left on "
+        r"device\); the previous checkpoint '.*last' is intact",
+    ):
         save_checkpoint(tmp_path, "last", new, cfg, {"step": 2})
     monkeypatch.undo()
     loaded, _ = load_model(tmp_path, "last")

@@ -225,7 +225,15 @@ class Block(nn.Module):
             return x
         return x + self.drop(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor, state: Any = None, p: Tensor | None = None) -> tuple[Tensor, Any]:
+    def forward(
+        self,
+        x: Tensor,
+        state: Any = None,
+        p: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor, Any]:
+        """x (B, T, D), code p (B, T, P) -> (B, T, D); with `lengths` (B,) the returned state
+        (unit and conv buffer) is the one after each sequence's last valid step."""
         self._check_code(p, "p")
         unit_state, buf = self._split(state, x.shape[0], x)
         x_hat = self.norm1(x)  # (B, T, D)
@@ -234,11 +242,20 @@ class Block(nn.Module):
             x_hat = nn.functional.conv1d(
                 full.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.d_model
             ).transpose(1, 2)
-            buf = full[:, full.shape[1] - (self.conv_kernel - 1) :]
+            buf = self._last_inputs(full, x.shape[1] if lengths is None else lengths)
         x_in = self._unit_input(x_hat, p)  # (B, T, D + P)
-        u, unit_state = self.unit(x_in, unit_state)  # (B, T, H)
+        u, unit_state = self.unit(x_in, unit_state, lengths=lengths)  # (B, T, H)
         x = x + self._unit_branch(u, x_in)
         return self._mlp_branch(x), self._join(unit_state, buf)
+
+    def _last_inputs(self, full: Tensor, ends: int | Tensor) -> Tensor:
+        """The k - 1 inputs before each sequence's end from full (B, k - 1 + T, D)."""
+        k1 = self.conv_kernel - 1
+        if isinstance(ends, int):
+            return full[:, ends : ends + k1]
+        B, _, D = full.shape
+        index = ends.view(B, 1) + torch.arange(k1, device=full.device).view(1, k1)  # (B, k - 1)
+        return full.gather(1, index.unsqueeze(-1).expand(B, k1, D))
 
     def step(self, x_t: Tensor, state: Any = None, p_t: Tensor | None = None) -> tuple[Tensor, Any]:
         self._check_code(p_t, "p_t")

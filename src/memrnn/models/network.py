@@ -143,9 +143,10 @@ class Network(nn.Module):
         return self.encoder(x)
 
     def features_seq(
-        self, x: Tensor, state: NetworkState | None = None
+        self, x: Tensor, state: NetworkState | None = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, NetworkState | None, tuple[Any, ...]]:
-        """Normalised per-step features (B, T, F) and the layers' final states."""
+        """Normalised per-step features (B, T, F) and the layers' final states (at each
+        sequence's last valid step when `lengths` is given)."""
         h = self._encode(x)  # (B, T, D)
         code = None
         if self.positional is not None:
@@ -160,7 +161,10 @@ class Network(nn.Module):
         layer_states = [None] * len(self.blocks) if state is None else list(state.layers)
         finals = []
         for block, s in zip(self.blocks, layer_states, strict=True):
-            h, s = block(h, s) if code is None else block(h, s, code)
+            if code is None:
+                h, s = block(h, s, lengths=lengths)
+            else:
+                h, s = block(h, s, code, lengths=lengths)
             finals.append(s)
         return self.norm(h), state, tuple(finals)
 
@@ -169,19 +173,22 @@ class Network(nn.Module):
     ) -> tuple[Tensor, NetworkState]:
         """x (B, T, input_size) or (B, T) ids -> (head output, final state).
 
-        With `lengths`, the "last" head reads step lengths-1 and the "mean" head averages the
-        first `lengths` steps; the returned layer states are those after all T steps.
+        With `lengths` (B,), the "last" head reads step lengths-1, the "mean" head averages the
+        first `lengths` steps, and every layer returns its state at the last valid step, so
+        the returned state continues each sequence where it ended.
         """
-        feats, state, finals = self.features_seq(x, state)  # (B, T, F)
-        B, T = feats.shape[:2]
-        if state is None:
-            state = self.init_state(B, device=feats.device, dtype=feats.dtype)
-        steps_here = torch.full((B,), T, device=feats.device, dtype=torch.long)
+        B, T = x.shape[:2]
+        steps_here = torch.full((B,), T, device=x.device, dtype=torch.long)
         if lengths is not None:
-            lengths = lengths.to(device=feats.device, dtype=torch.long)
+            if not isinstance(lengths, Tensor) or lengths.shape != (B,):
+                raise ValueError(f"{type(self).__name__}: lengths must be a ({B},) integer tensor")
+            lengths = lengths.to(device=x.device, dtype=torch.long)
             if bool((lengths < 1).any()) or bool((lengths > T).any()):
                 raise ValueError(f"{type(self).__name__}: lengths must lie in [1, {T}]")
             steps_here = lengths
+        feats, state, finals = self.features_seq(x, state, lengths)  # (B, T, F)
+        if state is None:
+            state = self.init_state(B, device=feats.device, dtype=feats.dtype)
         pool_sum = state.pool_sum
         head = self.config.head
         if head in ("sequence", "next-token"):
@@ -261,7 +268,7 @@ class SpikingModel(nn.Module):
     def forward(
         self, x: Tensor, state: Any = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, Any]:
-        out, state = self.net(x, state)  # (B, T, C)
+        out, state = self.net(x, state, lengths=lengths)  # (B, T, C)
         B, T = out.shape[:2]
         head = self.config.head
         if head in ("sequence", "next-token"):
@@ -296,8 +303,10 @@ class _Bare(nn.Module):
     def init_state(self, batch_size: int, device: Any = None, dtype: Any = None) -> NamedTuple:
         return self.unit.init_state(batch_size, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-        return self.unit(x, state)
+    def forward(
+        self, x: Tensor, state: Any = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
+        return self.unit(x, state, lengths=lengths)
 
     def step(self, x_t: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         return self.unit.step(x_t, state)

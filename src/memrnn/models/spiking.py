@@ -122,20 +122,24 @@ class SpikingNetwork(nn.Module):
         ref = layers[0].h
         return SpikingState(layers, ref.new_zeros(batch_size, self.output_size))
 
-    def forward(self, x: Tensor, state: SpikingState | None = None) -> tuple[Tensor, SpikingState]:
+    def forward(
+        self, x: Tensor, state: SpikingState | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, SpikingState]:
+        """x (B, T, input_size) -> readout (B, T, output_size) and the final state (at each
+        sequence's last valid step when `lengths` (B,) is given)."""
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         s = x
         new_layers = []
         spikes = []
         for layer, layer_state in zip(self.layers, state.layers, strict=True):
-            s, st = layer(s, layer_state)  # (B, T, N)
+            s, st = layer(s, layer_state, lengths=lengths)  # (B, T, N)
             new_layers.append(st)
             spikes.append(s.detach())
         self.last_spikes = spikes
         v = self.readout(s)  # (B, T, output_size)
         alpha = v.new_full((1, 1, self.output_size), self.alpha_o)
-        out, o_last = linear_scan(alpha, v, state.readout)
+        out, o_last = linear_scan(alpha, v, state.readout, lengths=lengths)
         return out, SpikingState(tuple(new_layers), o_last)
 
     def step(self, x_t: Tensor, state: SpikingState | None = None) -> tuple[Tensor, SpikingState]:

@@ -225,6 +225,28 @@ def _validate(a: object, b: object, h0: object, backend: object) -> None:
         raise ValueError(f"linear_scan: unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
+def _mask_lengths(a: Tensor, b: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, b) with the steps t >= lengths replaced by the identity (1, 0)."""
+    B, T = b.shape[:2]
+    if (
+        not isinstance(lengths, Tensor)
+        or lengths.shape != (B,)
+        or lengths.is_floating_point()
+        or lengths.is_complex()
+        or lengths.dtype == torch.bool
+    ):
+        got = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+        raise ValueError(f"linear_scan: `lengths` must be a ({B},) integer tensor, got {got}")
+    lengths = lengths.to(b.device)
+    if bool((lengths < 1).any()) or bool((lengths > T).any()):
+        raise ValueError(f"linear_scan: `lengths` must lie in [1, {T}] (T = b.shape[1])")
+    valid = torch.arange(T, device=b.device) < lengths[:, None]  # (B, T)
+    valid = valid.view(B, T, *([1] * (b.dim() - 2)))
+    return torch.where(valid, a, torch.ones((), dtype=a.dtype, device=a.device)), torch.where(
+        valid, b, torch.zeros((), dtype=b.dtype, device=b.device)
+    )
+
+
 def linear_scan(
     a: Tensor,
     b: Tensor,
@@ -232,6 +254,7 @@ def linear_scan(
     *,
     reverse: bool = False,
     backend: str = "auto",
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Computes h_t = a_t * h_{t-1} + b_t along dim 1 and returns (h, h_last).
 
@@ -242,6 +265,9 @@ def linear_scan(
         reverse: scan from t = T-1 down to 0 (h_t = a_t h_{t+1} + b_t).
         backend: "auto", "reference", "tree", "native" or "triton". `auto` uses the compiled
             kernel for the device when it runs correctly (probed once) and `tree` otherwise.
+        lengths: (B,) integer valid length of each sequence, in [1, T], or None (all T). Past
+            it the step is the identity (a_t, b_t) = (1, 0): the state stays at the last valid
+            step (so does h_last) and no gradient reaches a_t, b_t there.
 
     Returns:
         h with b's shape and dtype, and the final state (h at the last step in scan order:
@@ -253,6 +279,8 @@ def linear_scan(
         >>> assert h.shape == (2, 7, 4) and torch.allclose(h_last, torch.full((2, 4), 2 - 0.5**6))
     """
     _validate(a, b, h0, backend)
+    if lengths is not None:
+        a, b = _mask_lengths(a, b, lengths)
     dtype = b.dtype
     if dtype in LOW_PRECISION_DTYPES:
         h, _ = linear_scan(

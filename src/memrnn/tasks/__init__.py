@@ -1,5 +1,6 @@
 """memrnn.tasks: seeded sources of batches with declared shapes, losses and metrics."""
 
+from memrnn.tasks.arrays import ArraysTask
 from memrnn.tasks.base import Batch, Task
 from memrnn.tasks.registry import create_task, list_tasks, register_task
 from memrnn.tasks.sequences import (
@@ -15,6 +16,7 @@ from memrnn.tasks.synthetic import Adding, CopyFirstInput, Denoising, FlipFlop, 
 __all__ = [
     "MNIST1D",
     "Adding",
+    "ArraysTask",
     "Batch",
     "CharText",
     "CopyFirstInput",

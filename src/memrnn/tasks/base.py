@@ -8,7 +8,7 @@ never looks inside a task.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -102,6 +102,12 @@ class Task:
     def chance(self) -> float:
         """The primary metric of an uninformed predictor (for 'near chance' checks)."""
         raise NotImplementedError
+
+    def recorded_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments resolved when the task was built (e.g. a data file's absolute
+        path and checksum), which a run saves with its task arguments so that `eval` and
+        `--resume` rebuild exactly this task. Empty by default."""
+        return {}
 
 
 def check_split(split: str) -> str:

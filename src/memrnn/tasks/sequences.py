@@ -376,6 +376,9 @@ class CharText(GeneratedTask):
         path: the text file (required).
         seq_len: T (default 128). val_fraction, test_fraction: default 0.05 each.
         seed (default 0).
+        vocab: the tokens to encode with, in id order (e.g. a trained model's vocab.json, so
+            that ids keep their meaning when the file has changed); None: the sorted
+            characters of the file. A character of the file outside it is an error.
     Shapes: x (B, T) int64 (input_kind "tokens", input_size = vocabulary size);
         y (B, T) int64.
     """
@@ -393,6 +396,7 @@ class CharText(GeneratedTask):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         seed: int = 0,
+        vocab: list[str] | None = None,
     ) -> None:
         if path is None or not Path(path).is_file():
             raise FileNotFoundError(f"text task: no text file at {str(path)!r}; pass path=<file>")
@@ -401,7 +405,21 @@ class CharText(GeneratedTask):
         val_fraction = check_float("val_fraction", val_fraction, 0.0, 0.5, low_open=True)
         test_fraction = check_float("test_fraction", test_fraction, 0.0, 0.5, low_open=True)
         text = self.path.read_text(encoding="utf-8", errors="replace")
-        self.vocab = sorted(set(text))
+        if vocab is None:
+            self.vocab = sorted(set(text))
+        else:
+            if not isinstance(vocab, list | tuple) or not all(
+                isinstance(c, str) and len(c) == 1 for c in vocab
+            ):
+                raise ValueError("text task: `vocab` must be a list of single characters")
+            self.vocab = list(vocab)
+            unknown = sorted(set(text) - set(self.vocab))
+            if unknown:
+                shown = "".join(unknown[:20])
+                raise ValueError(
+                    f"text task: {str(path)!r} has characters outside `vocab` ({shown!r}); "
+                    "the model cannot read them"
+                )
         self.char_to_id = {c: i for i, c in enumerate(self.vocab)}
         ids = torch.tensor([self.char_to_id[c] for c in text], dtype=torch.long)
         n = len(ids)

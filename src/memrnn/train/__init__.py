@@ -3,6 +3,7 @@ atomic checkpoints and metric logs."""
 
 from memrnn.train.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
     find_checkpoint,
     find_good_checkpoint,
     load_model,
@@ -15,6 +16,7 @@ from memrnn.train.loop import TrainResult, build_task, evaluate, train
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "MetricsLogger",
     "TrainConfig",
     "TrainResult",

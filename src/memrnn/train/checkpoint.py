@@ -2,7 +2,8 @@
 
     <run>/last/model.safetensors    weights (complex tensors stored as (..., 2) real views)
     <run>/last/model_config.json    the ModelConfig that rebuilds the model
-    <run>/last/training.pt          optimiser, scheduler, RNG states, step, metrics (torch.save)
+    <run>/last/training.pt          optimiser, scheduler, RNG states, step, metrics: tensors,
+                                    numbers, strings, lists and dicts only (torch.save)
     <run>/last/vocab.json           (text models) the tokens, so that prompts can be encoded
     <run>/last/manifest.json        size and SHA-256 of every other file, written last
 
@@ -13,21 +14,35 @@ a complete checkpoint: the previous one at <tag> (or, between the two renames, a
 as `prev`, the fallback when `last` turns out damaged.
 
 Loading verifies the manifest: a truncated or altered file raises `CheckpointError` naming
-it (checkpoints written before manifests existed load unverified).
+it (checkpoints written before manifests existed load unverified). Nothing in a checkpoint is
+unpickled as an arbitrary object: the weights are safetensors, the configs JSON, and
+training.pt is read with `torch.load(weights_only=True)`, which rebuilds tensors and plain
+values only (plus numpy's RNG-state array, which earlier versions saved); any other object
+in it is refused with a `CheckpointError`, since a manifest only proves that the files are
+the ones its writer meant, not that the writer is trusted.
+
+A write that fails (a full disk, no permission) raises `CheckpointWriteError`, an OSError
+naming the path and the checkpoint that is still intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from memrnn.models.config import ModelConfig
@@ -45,6 +60,22 @@ FALLBACKS = {"last": ("last", ".last.old", "prev"), "best": ("best", ".best.old"
 
 class CheckpointError(Exception):
     """A checkpoint folder that is incomplete, truncated or altered since it was written."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, permissions); the message names the path and
+    the checkpoint that is still intact."""
+
+
+# The only non-plain objects `load_training` accepts: numpy's RNG state array, as saved by
+# earlier versions (numpy 1 and 2 module paths). They rebuild an array of numbers, nothing else.
+_LEGACY_NUMPY = [
+    np._core.multiarray._reconstruct,
+    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,18 +133,55 @@ def save_checkpoint(
     Replacing `last` keeps the replaced checkpoint as `prev`.
     """
     run_dir = Path(run_dir)
+    try:
+        return _save_checkpoint(run_dir, tag, model, model_config, training, extra_files)
+    except OSError as err:
+        if isinstance(err, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(
+            err.errno,
+            f"writing checkpoint {tag!r} failed at {str(err.filename or run_dir)!r} "
+            f"({err.strerror or err}); {_survivor(run_dir, tag)}",
+        ) from None
+
+
+def _survivor(run_dir: Path, tag: str) -> str:
+    """Which checkpoint of `tag` is intact after a failed write, in words."""
+    for folder in _candidates(run_dir, tag):
+        with contextlib.suppress(CheckpointError, OSError):
+            verify_checkpoint(folder)
+            return f"the previous checkpoint {str(folder)!r} is intact"
+    return f"no intact {tag!r} checkpoint is left in {str(run_dir)!r}"
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    tag: str,
+    model: nn.Module,
+    model_config: ModelConfig,
+    training: dict[str, Any] | None,
+    extra_files: dict[str, str] | None,
+) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / tag
     old = run_dir / f".{tag}.old"
     tmp = Path(tempfile.mkdtemp(prefix=f".{tag}.tmp-", dir=run_dir))
     try:
         tensors, metadata = weights_to_tensors(model)
-        save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
-        (tmp / MODEL_CONFIG).write_text(model_config.to_json())
-        torch.save(training or {}, tmp / TRAINING)
+        # Serialised in memory, written with open(): a full disk is an OSError naming the file.
+        _write_bytes(tmp / WEIGHTS, safetensors_bytes(tensors, metadata=metadata))
+        _write_bytes(tmp / MODEL_CONFIG, model_config.to_json().encode())
+        buffer = io.BytesIO()
+        torch.save(training or {}, buffer)
+        _write_bytes(tmp / TRAINING, buffer.getvalue())
         names = [WEIGHTS, MODEL_CONFIG, TRAINING]
         for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+            _write_bytes(tmp / name, text.encode())
             names.append(name)
         for name in names:
             _fsync_file(tmp / name)
@@ -121,7 +189,7 @@ def save_checkpoint(
         manifest = {
             n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in names
         }
-        (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=2))
+        _write_bytes(tmp / MANIFEST, json.dumps({"files": manifest}, indent=2).encode())
         _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
         if final.exists():
@@ -272,9 +340,28 @@ def load_weights(model: nn.Module, folder: str | Path, map_location: str = "cpu"
 
 
 def load_training(folder: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """The training state of a checkpoint (optimiser, scheduler, RNG states, step, config).
+
+    Read with `torch.load(weights_only=True)`: a file holding any other object than tensors,
+    plain values and numpy's RNG state is refused with a CheckpointError, unexecuted.
+    """
     path = Path(folder) / TRAINING
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_LEGACY_NUMPY):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        if refused is None:
+            # Not a forbidden object but bytes that are no pickle at all.
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is damaged: {TRAINING} cannot be read "
+                "(not a training state written by `memrnn train`)"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is refused: {TRAINING} asks to load "
+            f"{refused.group(1)}, not a tensor or plain value, and loading it could run code; "
+            "use a checkpoint written by `memrnn train`, or retrain"
+        ) from None
     except FileNotFoundError:
         raise CheckpointError(
             f"checkpoint {str(folder)!r} is incomplete: {TRAINING} is missing"
@@ -285,6 +372,12 @@ def load_training(folder: str | Path, map_location: str = "cpu") -> dict[str, An
             f"checkpoint {str(folder)!r} is damaged: {TRAINING} cannot be "
             f"read ({' '.join(str(err).split())})"
         ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {TRAINING} holds a "
+            f"{type(state).__name__}, not the training state"
+        )
+    return state
 
 
 def load_vocab(folder: str | Path) -> list[str] | None:
@@ -292,7 +385,15 @@ def load_vocab(folder: str | Path) -> list[str] | None:
     path = Path(folder) / VOCAB
     if not path.is_file():
         return None
-    return list(json.loads(path.read_text())["tokens"])
+    try:
+        tokens = json.loads(path.read_text(encoding="utf-8"))["tokens"]
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {VOCAB} is not a list of tokens"
+        ) from None
+    return tokens
 
 
 __all__ = [
@@ -303,6 +404,7 @@ __all__ = [
     "VOCAB",
     "WEIGHTS",
     "CheckpointError",
+    "CheckpointWriteError",
     "find_checkpoint",
     "find_good_checkpoint",
     "load_model",

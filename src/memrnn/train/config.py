@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +57,14 @@ class TrainConfig:
     eval_batch_size: batch size of evaluations.
     log_every: write a train row to metrics.csv every this many steps.
     seed: seeds torch, numpy, random and the task's batch generator.
-    epsilon_schedule: "hold,decay" steps for ε-units (ε = 1 held, then linearly to 0).
+    schedule_steps: length of the warm-up + cosine learning-rate schedule (None: `steps`).
+        Fixed when a run starts and kept on --resume, so that a resumed run with a larger
+        --steps continues at the final rate min_lr_ratio * lr instead of re-stretching the
+        cosine (a learning-rate jump).
+    epsilon_schedule: "HOLD,DECAY" steps for ε-units (ε = 1 held, then linearly to 0), or
+        "HOLD,DECAY,START,END" (see memrnn.train.schedules).
+    sharpness_schedule: "HOLD,DECAY,START,END" ramp of the surrogate sharpness of the units
+        that have one (MRU family).
     write_penalty: λ of the write-rate penalty λ·(mean z)² of MRU units.
     device: "cpu", "cuda", ... ("auto": cuda when available). Under torchrun each process
         takes the GPU of its local rank.
@@ -66,8 +74,12 @@ class TrainConfig:
     skip_nonfinite_grads: skip (and count) optimiser steps whose loss or gradients are not
         finite, instead of stopping the run.
     debug_nan_at_step: testing aid: make the gradients of this step NaN.
-    resume: continue from `out`/last.
-    progress: show a progress bar.
+    resume: continue from `out`/last. Only the keys in RESUME_MAY_CHANGE may differ from the
+        run's config.yaml; a change of model, task or optimisation settings is refused.
+    overwrite: start afresh in a non-empty `out`, deleting its run files (config.yaml,
+        metrics.csv, checkpoints, TensorBoard logs; other files are left alone).
+    progress: show progress: a bar on a terminal, otherwise one line on stderr about every
+        twentieth of the run (and at its end).
     tensorboard: also log to TensorBoard when it is installed.
     model_overrides: ModelConfig fields (e.g. {d_model: 128}).
     task_kwargs: task constructor arguments.
@@ -94,7 +106,9 @@ class TrainConfig:
     eval_batch_size: int = 128
     log_every: int = 10
     seed: int = 0
+    schedule_steps: int | None = None
     epsilon_schedule: str | None = None
+    sharpness_schedule: str | None = None
     write_penalty: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
@@ -102,6 +116,7 @@ class TrainConfig:
     skip_nonfinite_grads: bool = False
     debug_nan_at_step: int | None = None
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     tensorboard: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -112,25 +127,6 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def epsilon_steps(self) -> tuple[int, int] | None:
-        """(hold, decay) from `epsilon_schedule`, or None."""
-        if not self.epsilon_schedule:
-            return None
-        return parse_epsilon_schedule(self.epsilon_schedule)
-
-
-def parse_epsilon_schedule(text: str) -> tuple[int, int]:
-    parts = str(text).split(",")
-    try:
-        hold, decay = (int(p) for p in parts)
-    except ValueError:
-        raise UsageError(
-            f"epsilon_schedule must be 'HOLD,DECAY' (two step counts, e.g. 500,1000); got {text!r}"
-        ) from None
-    if hold < 0 or decay < 0:
-        raise UsageError(f"epsilon_schedule steps must be >= 0; got {text!r}")
-    return hold, decay
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -188,7 +184,10 @@ def _coerce_one(tp: Any, value: Any, from_text: bool) -> Any:
     origin = typing.get_origin(tp)
     if origin in (list, dict):
         if from_text and isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise TypeError from None
         if not isinstance(value, origin):
             raise TypeError
         if origin is list:
@@ -232,7 +231,15 @@ def apply(values: dict[str, Any], into: dict[str, Any], from_text: bool) -> None
         prefix, dot, sub = key.partition(".")
         if dot and prefix in ("model", "task"):
             target = "model_overrides" if prefix == "model" else "task_kwargs"
-            parsed = yaml.safe_load(value) if from_text and isinstance(value, str) else value
+            parsed = value
+            if from_text and isinstance(value, str):
+                try:
+                    parsed = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise UsageError(
+                        f"--{key} {value!r} is not a value (a number, a word, [a, list] or "
+                        "{a: mapping})"
+                    ) from None
             into[target] = {**into.get(target, {}), sub: parsed}
             continue
         if key not in FIELDS:
@@ -248,10 +255,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {str(path)!r} does not exist; check the --config path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {err.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
-        line = str(err).replace("\n", " ")
+        line = " ".join(str(err).split())
         raise UsageError(f"config file {str(path)!r} is not valid YAML: {line}") from None
+    except OSError as err:
+        raise UsageError(f"config file {str(path)!r} cannot be read ({err.strerror})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -298,12 +311,39 @@ def check_config(c: TrainConfig) -> None:
         raise UsageError(f"config key 'stop_at' must be >= 1, got {c.stop_at!r}")
     if c.time_limit is not None and c.time_limit <= 0:
         raise UsageError(f"config key 'time_limit' must be > 0 seconds, got {c.time_limit!r}")
-    if c.lr <= 0:
-        raise UsageError(f"config key 'lr' must be > 0, got {c.lr!r}")
+    if c.schedule_steps is not None and c.schedule_steps < 1:
+        raise UsageError(f"config key 'schedule_steps' must be >= 1, got {c.schedule_steps!r}")
+    if c.debug_nan_at_step is not None and c.debug_nan_at_step < 1:
+        raise UsageError(
+            f"config key 'debug_nan_at_step' must be >= 1, got {c.debug_nan_at_step!r}"
+        )
+    _check_number("lr", c.lr, low=0.0, low_open=True)
+    _check_number("weight_decay", c.weight_decay, low=0.0)
+    _check_number("grad_clip", c.grad_clip, low=0.0)
+    _check_number("write_penalty", c.write_penalty, low=0.0)
+    _check_number("min_lr_ratio", c.min_lr_ratio, low=0.0, high=1.0)
+    if c.time_limit is not None:
+        _check_number("time_limit", c.time_limit, low=0.0, low_open=True)
     if len(c.betas) != 2:
         raise UsageError(f"config key 'betas' expects two numbers, got {c.betas!r}")
-    if c.epsilon_schedule:
-        parse_epsilon_schedule(c.epsilon_schedule)
+    for beta in c.betas:
+        if not (isinstance(beta, int | float) and math.isfinite(beta) and 0.0 <= beta < 1.0):
+            raise UsageError(
+                f"config key 'betas' expects two numbers in [0, 1) (e.g. [0.9, 0.999]), "
+                f"got {c.betas!r}"
+            )
+    if not c.out.strip():
+        raise UsageError("config key 'out' is empty; give the run folder, e.g. --out runs/x")
+    if c.resume and c.overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it; give one")
+    from memrnn.train.schedules import SCHEDULED, parse_ramp
+
+    for key in SCHEDULED:
+        if getattr(c, key):
+            try:
+                parse_ramp(key, getattr(c, key))
+            except ValueError as err:
+                raise UsageError(str(err)) from None
     for key, choices in (("dtype", DTYPES), ("precision", PRECISIONS)):
         if getattr(c, key) not in choices:
             raise UsageError(
@@ -320,6 +360,63 @@ def check_config(c: TrainConfig) -> None:
         )
 
 
+def _check_number(
+    key: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> None:
+    """UsageError unless `value` is finite and within [low, high] ((low, high] if low_open)."""
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        if high is not None:
+            expected = f"a number in [{low:g}, {high:g}]"
+        else:
+            expected = f"a finite number {'>' if low_open else '>='} {low:g}"
+        raise UsageError(f"config key {key!r} must be {expected}, got {value!r}")
+
+
+# Keys that a resumed run may set differently from its config.yaml: how long and how often,
+# where and how fast, never what is trained (model, task, data) or how it is optimised.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "out",
+        "steps",
+        "stop_at",
+        "time_limit",
+        "eval_every",
+        "ckpt_every",
+        "eval_samples",
+        "eval_batch_size",
+        "log_every",
+        "grad_accum",
+        "device",
+        "precision",
+        "skip_nonfinite_grads",
+        "debug_nan_at_step",
+        "resume",
+        "overwrite",
+        "progress",
+        "tensorboard",
+    }
+)
+
+
+def resume_differences(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """ "key: saved -> new" for every key outside RESUME_MAY_CHANGE that differs."""
+    old_values, new_values = saved.to_dict(), new.to_dict()
+    return [
+        f"{key}: {old_values[key]!r} -> {new_values[key]!r}"
+        for key in FIELDS
+        if key not in RESUME_MAY_CHANGE and old_values[key] != new_values[key]
+    ]
+
+
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "bf16")
 
@@ -328,11 +425,12 @@ __all__ = [
     "DTYPES",
     "FIELDS",
     "PRECISIONS",
+    "RESUME_MAY_CHANGE",
     "TrainConfig",
     "TrainingDiverged",
     "UsageError",
     "coerce",
     "load_yaml",
-    "parse_epsilon_schedule",
+    "resume_differences",
     "resolve_config",
 ]

@@ -1,5 +1,9 @@
 """Run logs: `metrics.csv` (one row per logged step and split) and, when available, TensorBoard.
 
+TensorBoard (the optional `tensorboard` package, `pip install "memrnn[tensorboard]"`) gets the
+same values in `<run_dir>/tensorboard/`, each scalar once per logged step, tagged
+`<split>/<name>`: `train/loss`, `train/lr`, `train/accuracy`, `val/loss`, `val/accuracy`, ...
+
 Columns: step, split, loss, lr, time, then one column per metric name in order of first
 appearance (a new name rewrites the file with the wider header). Opening a log for a resumed
 run drops the rows written after the checkpoint it resumes from.
@@ -81,8 +85,12 @@ class MetricsLogger:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
         if self.writer is not None:
-            self.writer.add_scalar(f"{split}/loss", loss, step)
-            for k, v in metrics.items():
+            # Each scalar once per step: the metrics repeat "loss" (and may repeat the other
+            # fixed columns), which are written from the arguments.
+            scalars = {"loss": loss, **{k: v for k, v in metrics.items() if k not in FIXED}}
+            if split == "train":
+                scalars["lr"] = lr
+            for k, v in scalars.items():
                 self.writer.add_scalar(f"{split}/{k}", float(v), step)
 
     def close(self) -> None:

@@ -9,6 +9,14 @@ is evaluated, `last` is checkpointed and `best` replaced when the task's primary
 improved. `resume=True` restores weights, optimiser, scheduler, step, and the RNG states of
 torch, numpy, random and the batch generator: the resumed run ends with the same weights as
 an uninterrupted one. A damaged `last` checkpoint is skipped for `prev`, with a warning.
+A resume may change only the keys of `RESUME_MAY_CHANGE` (length, evaluation and checkpoint
+cadence, device, logging); the learning-rate schedule keeps the length it was given when the
+run started (`schedule_steps`), so a larger --steps continues at the final rate. The run
+folder is guarded as memrnn.train.runfolder describes (lock, no silent overwrite).
+
+`_train` runs four named steps: `_set_up` (checks, folder, model, optimiser, resume),
+`_optimisation_step` (one step over the global batch, with the NaN policy),
+`_evaluate_val` and `_checkpoint`; the ε/sharpness schedules live in memrnn.train.schedules.
 
 Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on
 CPU, NCCL on GPU). Every rank draws the same global batch of `batch_size` samples from the
@@ -25,6 +33,8 @@ before the optimiser touches the weights, so the last checkpoint stays good; wit
 from __future__ import annotations
 
 import contextlib
+import csv
+import dataclasses
 import json
 import math
 import os
@@ -38,21 +48,28 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
-from memrnn.models.registry import build_model, config_for_task, current_epsilon
+from memrnn.models.config import ModelConfig
+from memrnn.models.registry import build_model, config_for_task
 from memrnn.tasks.base import Task
 from memrnn.train.checkpoint import (
     VOCAB,
     CheckpointError,
+    CheckpointWriteError,
     find_good_checkpoint,
     load_training,
     load_weights,
     read_model_config,
     save_checkpoint,
 )
-from memrnn.train.config import TrainConfig, TrainingDiverged, UsageError
+from memrnn.train.config import (
+    TrainConfig,
+    TrainingDiverged,
+    UsageError,
+    resolve_config,
+    resume_differences,
+)
 from memrnn.train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -63,10 +80,16 @@ from memrnn.train.distributed import (
     shard_generator_seed,
     wrap_ddp,
 )
-from memrnn.train.logging import MetricsLogger
+from memrnn.train.logging import METRICS_CSV, MetricsLogger
+from memrnn.train.runfolder import (
+    CONFIG_YAML,
+    RunLock,
+    atomic_write_text,
+    claim_new_run,
+    load_run_config,
+)
+from memrnn.train.schedules import UnitSchedules
 from memrnn.units import is_no_weight_decay
-
-CONFIG_YAML = "config.yaml"
 
 
 @dataclass
@@ -155,17 +178,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def epsilon_schedule(config: TrainConfig) -> Any:
-    steps = config.epsilon_steps()
-    if steps is None:
-        return None
-    try:
-        from memrnn.units.mru import EpsilonSchedule
-    except ImportError:
-        raise UsageError("--epsilon-schedule needs the MRU units (memrnn.units.mru)") from None
-    return EpsilonSchedule(*steps)
-
-
 def penalty(model: nn.Module, lam: float) -> Tensor | None:
     if lam <= 0:
         return None
@@ -218,9 +230,17 @@ def move_batch(batch: Any, device: torch.device | str, dtype: torch.dtype | None
 
 
 def _rng_states(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG state as tensors and plain values (checkpoints hold nothing else)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "random": random.getstate(),
         "batches": generator.get_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -229,7 +249,17 @@ def _rng_states(generator: torch.Generator) -> dict[str, Any]:
 
 def _set_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])  # noqa: NPY002
+    numpy_state = states["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    # Checkpoints of earlier versions hold numpy's own tuple.
+    np.random.set_state(numpy_state)  # noqa: NPY002
     random.setstate(states["random"])
     generator.set_state(states["batches"])
     if states.get("cuda") is not None and torch.cuda.is_available():
@@ -243,6 +273,9 @@ def _is_better(value: float, best: float | None, higher: bool) -> bool:
 
 
 def prepare_run_dir(out: str | Path) -> Path:
+    """Creates `out` and checks that it can be written; UsageError otherwise."""
+    if not str(out).strip():
+        raise UsageError("the output folder is empty; give one, e.g. --out runs/x")
     run_dir = Path(out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -329,294 +362,475 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
             cleanup()
 
 
+class _Progress:
+    """A tqdm bar when stderr is a terminal; otherwise one plain line on stderr every
+    `every` steps (about a twentieth of the run) and at the last step."""
+
+    def __init__(self, desc: str, start: int, end: int, batch_size: int) -> None:
+        self.desc, self.start, self.end, self.batch_size = desc, start, end, batch_size
+        self.every = max(1, math.ceil(end / 20))
+        self.bar = None
+        self.metrics: dict[str, str] = {}
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=end, initial=start, desc=desc, dynamic_ncols=True, leave=False)
+
+    def update(
+        self, step: int, loss: float, metrics: dict[str, float] | None, elapsed: float
+    ) -> None:
+        rate = self.batch_size * (step - self.start) / max(elapsed, 1e-9)
+        if metrics is not None:
+            self.metrics = {"loss": f"{loss:.4g}"}
+            self.metrics.update({k: f"{v:.4g}" for k, v in metrics.items()})
+            self.metrics["samples_s"] = f"{rate:.0f}"
+            if self.bar is not None:
+                self.bar.set_postfix(**self.metrics)
+        if self.bar is not None:
+            self.bar.update(1)
+        elif step % self.every == 0 or step == self.end:
+            shown = " ".join(f"{k}={v}" for k, v in self.metrics.items() if k != "loss")
+            print(
+                f"{self.desc}: step {step}/{self.end} loss={loss:.4g} {shown}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class _Run:
+    """What `_set_up` builds for the loop, and the counters the loop advances."""
+
+    config: TrainConfig
+    info: DistInfo
+    run_dir: Path
+    task: Task
+    model: nn.Module
+    ddp_model: nn.Module
+    model_config: ModelConfig
+    dtype: torch.dtype
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    schedules: UnitSchedules
+    rows: slice
+    micro: int
+    end: int
+    extra_files: dict[str, str]
+    logger: MetricsLogger | None = None
+    progress: _Progress | None = None
+    start: int = 0
+    best: float | None = None
+    elapsed: float = 0.0
+    skipped: int = 0
+    saved: tuple[Path, int] | None = None
+    val: dict[str, float] = field(default_factory=dict)
+
+
 def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
+    with contextlib.ExitStack() as cleanup:
+        run = _set_up(config, echo, info, cleanup)
+        step = _loop(run)
+    return TrainResult(
+        run.run_dir,
+        step,
+        run.elapsed,
+        run.best,
+        run.val,
+        run.model,
+        run.task,
+        run.skipped,
+        info.rank,
+    )
+
+
+def _loop(run: _Run) -> int:
+    """Optimisation steps from `run.start` to `run.end`, evaluating and checkpointing on the
+    way; returns the last step taken. An interruption keeps what was last checkpointed."""
+    config, info = run.config, run.info
+    run.model.train()
+    step = run.start
+    tick = time.perf_counter()
+    for step in range(run.start + 1, run.end + 1):
+        log_now = step % config.log_every == 0 or step == run.end
+        loss, metrics, lr = _optimisation_step(run, step, log_now)
+        if log_now:
+            now = time.perf_counter()
+            run.elapsed += now - tick
+            tick = now
+            if run.logger is not None:
+                run.logger.log(step, "train", loss, metrics or {}, lr, run.elapsed)
+        if run.progress is not None:
+            run.progress.update(step, loss, metrics if log_now else None, run.elapsed)
+
+        at_eval = config.eval_every > 0 and step % config.eval_every == 0
+        at_ckpt = config.ckpt_every > 0 and step % config.ckpt_every == 0
+        out_of_time = (
+            config.time_limit is not None
+            and run.elapsed + time.perf_counter() - tick >= config.time_limit
+        )
+        if config.time_limit is not None:
+            # Rank 0's clock decides, so that every rank stops at the same step.
+            out_of_time = _any_rank(out_of_time and info.is_main, info)
+        if at_eval or at_ckpt or step == run.end or out_of_time:
+            run.elapsed += time.perf_counter() - tick
+            rng_ranks = _gather(_rng_states(run.generator), info)
+            if info.is_main:
+                improved = False
+                if at_eval or step == run.end or out_of_time:
+                    improved = _evaluate_val(run, step, lr)
+                _checkpoint(run, step, rng_ranks, improved)
+            barrier()
+            tick = time.perf_counter()
+        if out_of_time:
+            break
+    return step
+
+
+# -- set-up ------------------------------------------------------------------------------------
+def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib.ExitStack) -> _Run:
+    """Checks everything that can be checked, then claims the run folder, builds the model,
+    the optimiser and the schedules, and restores a checkpoint under `resume`. Nothing in
+    the run folder changes before every check has passed."""
     device = info.device
-    main = info.is_main
     per_rank, remainder = divmod(config.batch_size, info.world_size * config.grad_accum)
     if remainder or per_rank < 1:
         raise UsageError(
             f"batch_size {config.batch_size} does not split evenly over {info.world_size} "
             f"process(es) x grad_accum {config.grad_accum}"
         )
-    rows = rank_slice(config.batch_size, info)
-    micro = config.batch_size // info.world_size // config.grad_accum
-    dtype = getattr(torch, config.dtype)
-    bf16 = config.precision == "bf16"
-
+    try:
+        schedules = UnitSchedules.from_config(config)
+    except ValueError as err:
+        raise UsageError(_one_line(err)) from None
     run_dir = prepare_run_dir(config.out)
     seed_everything(config.seed)
     task = build_task(config.task, config.seq_len, **config.task_kwargs)
-
+    # Saved with the run (config.yaml, checkpoints): e.g. a data file's path and checksum.
+    config.task_kwargs = {**config.task_kwargs, **task.recorded_kwargs()}
+    if config.resume:
+        config = _resumed_config(config)
+    elif config.schedule_steps is None:
+        # Recorded, so that a resume with a larger --steps keeps the schedule's length.
+        config = dataclasses.replace(config, schedule_steps=config.steps)
     resume_folder = None
     if config.resume:
-        try:
-            resume_folder, skipped_folders = find_good_checkpoint(run_dir, "last")
-        except FileNotFoundError:
-            raise UsageError(
-                f"--resume: no checkpoint in {str(run_dir)!r}; start without --resume"
-            ) from None
-        except CheckpointError as err:
-            raise UsageError(f"--resume: {err}") from None
-        if main:
-            # Folders a killed run was writing when it died.
-            for partial in run_dir.glob(".*.tmp-*"):
-                shutil.rmtree(partial, ignore_errors=True)
-            for message in skipped_folders:
-                print(
-                    f"memrnn: warning: {message}; resuming from {resume_folder} instead",
-                    file=sys.stderr,
-                )
+        resume_folder = _resume_folder(run_dir, info.is_main)
         model_config = read_model_config(resume_folder)
     else:
         try:
             model_config = config_for_task(config.model, task, **config.model_overrides)
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             raise UsageError(_one_line(err)) from None
-    model = build_model(model_config).to(device=device, dtype=dtype)
+    dtype = getattr(torch, config.dtype)
+    try:
+        model = build_model(model_config).to(device=device, dtype=dtype)
+        schedules.check(model)
+    except (ValueError, TypeError) as err:
+        raise UsageError(_one_line(err)) from None
     if info.distributed:
         # Same initial weights on every rank (above), but independent dropout masks.
         torch.manual_seed(shard_generator_seed(config.seed, info.rank))
 
-    if main:
-        (run_dir / CONFIG_YAML).write_text(config.to_yaml())
-        if echo:
-            print(f"# resolved config ({run_dir / CONFIG_YAML})\n{config.to_yaml()}", end="")
-
+    _claim_run_dir(run_dir, config, info, cleanup)
     optimizer = torch.optim.AdamW(
         param_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas)
     )
+    horizon = config.schedule_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup, config.steps, config.min_lr_ratio)
+        optimizer, lambda s: lr_factor(s, config.warmup, horizon, config.min_lr_ratio)
     )
     generator = torch.Generator().manual_seed(config.seed)
-    eps = epsilon_schedule(config)
-    start, best, elapsed, skipped = 0, None, 0.0, 0
+    run = _Run(
+        config=config,
+        info=info,
+        run_dir=run_dir,
+        task=task,
+        model=model,
+        ddp_model=model,
+        model_config=model_config,
+        dtype=dtype,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        schedules=schedules,
+        rows=rank_slice(config.batch_size, info),
+        micro=config.batch_size // info.world_size // config.grad_accum,
+        end=config.steps if config.stop_at is None else min(config.steps, config.stop_at),
+        extra_files=_vocab_files(task),
+    )
     if resume_folder is not None:
-        load_weights(model, resume_folder, map_location=str(device))
-        state = load_training(resume_folder)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        _restore(run, resume_folder)
+    # Under bf16 autocast every unit keeps its recurrence in float32 by itself
+    # (memrnn.units.base); encoders, MLPs and heads run in bfloat16.
+    run.ddp_model = wrap_ddp(model, info)
+    if info.is_main:
+        run.logger = _open_log(run_dir, run.start if config.resume else None, config.tensorboard)
+        cleanup.callback(run.logger.close)
+        # `overwrite` acted once, on this invocation; the folder records settings, not actions.
+        text = dataclasses.replace(config, overwrite=False).to_yaml()
+        atomic_write_text(run_dir / CONFIG_YAML, text)
+        if echo:
+            print(f"# resolved config ({run_dir / CONFIG_YAML})\n{text}", end="")
+        if config.progress:
+            run.progress = _Progress(
+                f"{config.model} on {config.task}", run.start, run.end, config.batch_size
+            )
+            cleanup.callback(run.progress.close)
+    return run
+
+
+def _resumed_config(config: TrainConfig) -> TrainConfig:
+    """`config` checked against the run's config.yaml: UsageError naming every key that a
+    resume may not change (RESUME_MAY_CHANGE); the saved schedule length when not given."""
+    saved = resolve_config(overrides=load_run_config(config.out), overrides_are_text=False)
+    if config.schedule_steps is None:
+        config = dataclasses.replace(config, schedule_steps=saved.schedule_steps or saved.steps)
+    if saved.schedule_steps is None:
+        # Written before the schedule length was recorded: it was that run's `steps`.
+        saved = dataclasses.replace(saved, schedule_steps=config.schedule_steps)
+    changed = resume_differences(saved, config)
+    if changed:
+        raise UsageError(
+            f"--resume would change what the run in {config.out!r} trains ({'; '.join(changed)})"
+            "; drop these options, or start a new run (another --out, or --overwrite)"
+        )
+    return config
+
+
+def _resume_folder(run_dir: Path, main: bool) -> Path:
+    try:
+        folder, skipped_folders = find_good_checkpoint(run_dir, "last")
+    except FileNotFoundError:
+        raise UsageError(
+            f"--resume: no checkpoint in {str(run_dir)!r}; start without --resume"
+        ) from None
+    except CheckpointError as err:
+        raise UsageError(f"--resume: {err}") from None
+    if main:
+        for message in skipped_folders:
+            print(f"memrnn: warning: {message}; resuming from {folder} instead", file=sys.stderr)
+    return folder
+
+
+def _claim_run_dir(
+    run_dir: Path, config: TrainConfig, info: DistInfo, cleanup: contextlib.ExitStack
+) -> None:
+    """Rank 0 locks the folder and, for a new run, refuses or clears a non-empty one; every
+    rank raises the same UsageError when that fails."""
+    error = None
+    if info.is_main:
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+            cleanup.callback(lock.release)
+            if config.resume:
+                # Folders a killed run was writing when it died.
+                for partial in run_dir.glob(".*.tmp-*"):
+                    shutil.rmtree(partial, ignore_errors=True)
+            else:
+                claim_new_run(run_dir, config.overwrite)
+        except UsageError as err:
+            error = str(err)
+    error = _gather(error, info)[0]
+    if error is not None:
+        raise UsageError(error)
+
+
+def _open_log(run_dir: Path, resume_step: int | None, tensorboard: bool) -> MetricsLogger:
+    try:
+        return MetricsLogger(run_dir, resume_step=resume_step, tensorboard=tensorboard)
+    except (csv.Error, ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"{str(run_dir / METRICS_CSV)!r} is damaged ({_one_line(err)[:200]}); restore it, "
+            "or move it away to start a new log"
+        ) from None
+
+
+def _restore(run: _Run, folder: Path) -> None:
+    """Weights, optimiser, scheduler, RNG states and counters from checkpoint `folder`."""
+    info = run.info
+    load_weights(run.model, folder, map_location=str(info.device))
+    try:
+        state = load_training(folder)
+    except CheckpointError as err:
+        raise UsageError(f"--resume: {err}") from None
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
         per_rank_rng = state.get("rng_ranks") or []
         if len(per_rank_rng) == info.world_size:
             rng = per_rank_rng[info.rank]
-        _set_rng_states(rng, generator)
-        if info.distributed and len(per_rank_rng) != info.world_size:
-            # Resumed with another number of processes: fresh per-rank dropout streams.
-            torch.manual_seed(shard_generator_seed(config.seed + state["step"], info.rank))
-        start, best, elapsed = state["step"], state.get("best"), state.get("train_time", 0.0)
-        skipped = state.get("skipped", 0)
-    # Under bf16 autocast every unit keeps its recurrence in float32 by itself
-    # (memrnn.units.base); encoders, MLPs and heads run in bfloat16.
-    ddp_model = wrap_ddp(model, info)
+        _set_rng_states(rng, run.generator)
+        step = int(state["step"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+        raise UsageError(
+            f"--resume: checkpoint {str(folder)!r} has an unusable training state "
+            f"({type(err).__name__}: {_one_line(err)[:200]})"
+        ) from None
+    if info.distributed and len(per_rank_rng) != info.world_size:
+        # Resumed with another number of processes: fresh per-rank dropout streams.
+        torch.manual_seed(shard_generator_seed(run.config.seed + step, info.rank))
+    run.start, run.best = step, state.get("best")
+    run.elapsed = state.get("train_time", 0.0)
+    run.skipped = state.get("skipped", 0)
+    run.saved = (folder, step)
 
-    logger = (
-        MetricsLogger(run_dir, resume_step=start, tensorboard=config.tensorboard) if main else None
-    )
-    metric_name = task.primary_metric
-    end = config.steps if config.stop_at is None else min(config.steps, config.stop_at)
-    extra_files = _vocab_files(task)
-    saved: tuple[Path, int] | None = None
-    if resume_folder is not None:
-        saved = (resume_folder, start)
 
-    def training_state(step: int, val: dict[str, float], rng_ranks: list[Any]) -> dict[str, Any]:
-        return {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_ranks[0],
-            "rng_ranks": rng_ranks if info.distributed else None,
-            "step": step,
-            "best": best,
-            "train_time": elapsed,
-            "skipped": skipped,
-            "world_size": info.world_size,
-            "val": val,
-            "train_config": config.to_dict(),
-            "task": {
-                "name": task.name,
-                "primary_metric": metric_name,
-                "higher_is_better": task.higher_is_better,
-                "loss_kind": getattr(task, "loss_kind", None),
-            },
-        }
-
-    def stop(step: int, what: str, value: float, lr: float) -> TrainingDiverged:
-        if saved is None:
-            kept = "no checkpoint had been written yet"
-        else:
-            kept = f"the last good checkpoint is {saved[0]} (step {saved[1]})"
-        return TrainingDiverged(
-            f"{what} is {value} at step {step} (lr {lr:.3g}); training stopped and {kept}. "
-            "Lower --lr, add --grad-clip, or pass --skip-nonfinite-grads",
-            step,
-        )
-
-    bar = None
-    if config.progress and main:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=end,
-            initial=start,
-            desc=f"{config.model} on {config.task}",
-            dynamic_ncols=True,
-            leave=False,
-        )
-    val: dict[str, float] = {}
-    model.train()
-    step = start
-    max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+# -- one optimisation step ---------------------------------------------------------------------
+def _optimisation_step(
+    run: _Run, step: int, log_now: bool
+) -> tuple[float, dict[str, float] | None, float]:
+    """Optimisation step `step` (1-based) over one global batch: (loss, train metrics when
+    `log_now`, learning rate used). A non-finite loss or gradient norm raises
+    TrainingDiverged before the weights change, or skips the step (skip_nonfinite_grads)."""
+    config, info, model = run.config, run.info, run.model
+    bf16 = config.precision == "bf16"
+    device = info.device
+    run.schedules.apply(model, step - 1)
+    # The global batch, the same on every rank; each keeps its own rows.
+    batch = _slice_batch(run.task.batch(config.batch_size, "train", run.generator), run.rows)
+    run.optimizer.zero_grad(set_to_none=True)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     )
-    tick = time.perf_counter()
-    try:
-        for step in range(start + 1, end + 1):
-            if eps is not None:
-                eps.apply(model, step - 1)
-            log_now = step % config.log_every == 0 or step == end
-            # The global batch, the same on every rank; each keeps its own rows.
-            batch = _slice_batch(task.batch(config.batch_size, "train", generator), rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            metric_sums: dict[str, float] = {}
-            for i in range(config.grad_accum):
-                part = move_batch(
-                    _slice_batch(batch, slice(i * micro, (i + 1) * micro)), device, dtype
-                )
-                last_micro = i == config.grad_accum - 1
-                # Gradients are averaged over ranks once per step, on the last micro-batch.
-                sync = (
-                    contextlib.nullcontext()
-                    if last_micro or not info.distributed
-                    else ddp_model.no_sync()
-                )
-                with sync:
-                    with autocast:
-                        out, _ = ddp_model(part.x, lengths=part.lengths)
-                    loss = task.loss(out.float() if bf16 else out, part)
-                    extra = penalty(model, config.write_penalty)
-                    total_loss = loss if extra is None else loss + extra
-                    if config.grad_accum > 1:
-                        total_loss = total_loss / config.grad_accum
-                    total_loss.backward()
-                loss_sum += loss.detach().double()
-                if log_now:
-                    for k, v in task.metrics(
-                        out.detach().float() if bf16 else out.detach(), part
-                    ).items():
-                        metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
-            step_loss = all_reduce_mean(loss_sum / config.grad_accum, info)
-            if config.debug_nan_at_step == step:
-                first = next(p for p in model.parameters() if p.grad is not None)
-                first.grad.fill_(float("nan"))
-            norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            # One host sync per step; the values are the same on every rank (reduced above).
-            finite = bool(torch.isfinite(step_loss) & torch.isfinite(norm))
-            if finite:
-                optimizer.step()
-            elif config.skip_nonfinite_grads:
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-            elif not math.isfinite(float(step_loss)):
-                raise stop(step, "the training loss", float(step_loss), lr)
-            else:
-                raise stop(step, "the gradient norm", float(norm), lr)
-            scheduler.step()
-
-            if log_now:
-                now = time.perf_counter()
-                elapsed += now - tick
-                tick = now
-                metrics = _mean_over_ranks(
-                    {k: v / config.grad_accum for k, v in metric_sums.items()}, info
-                )
-                if config.skip_nonfinite_grads:
-                    metrics["skipped"] = float(skipped)
-                if logger is not None:
-                    logger.log(step, "train", float(step_loss), metrics, lr, elapsed)
-                if bar is not None:
-                    rate = config.batch_size * (step - start) / max(elapsed, 1e-9)
-                    value = metrics.get(metric_name, float("nan"))
-                    bar.set_postfix(
-                        loss=f"{float(step_loss):.4g}",
-                        **{metric_name: f"{value:.4g}"},
-                        samples_s=f"{rate:.0f}",
-                    )
-            if bar is not None:
-                bar.update(1)
-
-            at_eval = config.eval_every > 0 and step % config.eval_every == 0
-            at_ckpt = config.ckpt_every > 0 and step % config.ckpt_every == 0
-            out_of_time = (
-                config.time_limit is not None
-                and elapsed + time.perf_counter() - tick >= config.time_limit
-            )
-            if config.time_limit is not None:
-                # Rank 0's clock decides, so that every rank stops at the same step.
-                out_of_time = _any_rank(out_of_time and main, info)
-            if at_eval or at_ckpt or step == end or out_of_time:
-                now = time.perf_counter()
-                elapsed += now - tick
-                rng_ranks = _gather(_rng_states(generator), info)
-                if main:
-                    improved = False
-                    if at_eval or step == end or out_of_time:
-                        val_loss, val = evaluate(
-                            model,
-                            task,
-                            "val",
-                            config.eval_samples,
-                            config.eval_batch_size,
-                            device=device,
-                            dtype=dtype,
-                        )
-                        assert logger is not None
-                        logger.log(step, "val", val_loss, val, lr, elapsed)
-                        value = val.get(metric_name, float("nan"))
-                        improved = _is_better(value, best, task.higher_is_better)
-                        if improved:
-                            best = value
-                    saved_config = model_config
-                    if eps is not None:
-                        # ε is a plain attribute, not a weight: the config carries the value.
-                        saved_config = model_config.replace(epsilon=current_epsilon(model))
-                    state_now = training_state(step, val, rng_ranks)
-                    folder = save_checkpoint(
-                        run_dir, "last", model, saved_config, state_now, extra_files
-                    )
-                    saved = (folder, step)
-                    if improved:
-                        save_checkpoint(
-                            run_dir, "best", model, saved_config, state_now, extra_files
-                        )
-                barrier()
-                tick = time.perf_counter()
-            if out_of_time:
-                break
-    finally:
-        # An interrupted run keeps what it last checkpointed; `--resume` continues from there.
-        if bar is not None:
-            bar.close()
-        if logger is not None:
-            logger.close()
-    return TrainResult(run_dir, step, elapsed, best, val, model, task, skipped, info.rank)
-
-
-def load_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The saved config.yaml of a run folder, as a dict."""
-    path = Path(run_dir) / CONFIG_YAML
-    if not path.is_file():
-        raise UsageError(
-            f"{str(run_dir)!r} has no {CONFIG_YAML}; is it a run folder from `memrnn train`?"
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    metric_sums: dict[str, float] = {}
+    micro = run.micro
+    for i in range(config.grad_accum):
+        part = move_batch(_slice_batch(batch, slice(i * micro, (i + 1) * micro)), device, run.dtype)
+        last_micro = i == config.grad_accum - 1
+        # Gradients are averaged over ranks once per step, on the last micro-batch.
+        sync = (
+            contextlib.nullcontext()
+            if last_micro or not info.distributed
+            else run.ddp_model.no_sync()
         )
-    return yaml.safe_load(path.read_text()) or {}
+        with sync:
+            with autocast:
+                out, _ = run.ddp_model(part.x, lengths=part.lengths)
+            loss = run.task.loss(out.float() if bf16 else out, part)
+            extra = penalty(model, config.write_penalty)
+            total_loss = loss if extra is None else loss + extra
+            if config.grad_accum > 1:
+                total_loss = total_loss / config.grad_accum
+            total_loss.backward()
+        loss_sum += loss.detach().double()
+        if log_now:
+            detached = out.detach().float() if bf16 else out.detach()
+            for k, v in run.task.metrics(detached, part).items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+    step_loss = all_reduce_mean(loss_sum / config.grad_accum, info)
+    if config.debug_nan_at_step == step:
+        first = next(p for p in model.parameters() if p.grad is not None)
+        first.grad.fill_(float("nan"))
+    max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    lr = run.optimizer.param_groups[0]["lr"]
+    # One host sync per step; the values are the same on every rank (reduced above).
+    finite = bool(torch.isfinite(step_loss) & torch.isfinite(norm))
+    if finite:
+        run.optimizer.step()
+    elif config.skip_nonfinite_grads:
+        run.skipped += 1
+        run.optimizer.zero_grad(set_to_none=True)
+    elif not math.isfinite(float(step_loss)):
+        raise _diverged(run, step, "the training loss", float(step_loss), lr)
+    else:
+        raise _diverged(run, step, "the gradient norm", float(norm), lr)
+    run.scheduler.step()
+    metrics = None
+    if log_now:
+        metrics = _mean_over_ranks({k: v / config.grad_accum for k, v in metric_sums.items()}, info)
+        if config.skip_nonfinite_grads:
+            metrics["skipped"] = float(run.skipped)
+    return float(step_loss), metrics, lr
+
+
+def _diverged(run: _Run, step: int, what: str, value: float, lr: float) -> TrainingDiverged:
+    if run.saved is None:
+        kept = "no checkpoint had been written yet"
+    else:
+        kept = f"the last good checkpoint is {run.saved[0]} (step {run.saved[1]})"
+    return TrainingDiverged(
+        f"{what} is {value} at step {step} (lr {lr:.3g}); training stopped and {kept}. "
+        "Lower --lr, add --grad-clip, or pass --skip-nonfinite-grads",
+        step,
+    )
+
+
+# -- evaluation and checkpoints ----------------------------------------------------------------
+def _evaluate_val(run: _Run, step: int, lr: float) -> bool:
+    """Evaluates the val split, logs it; whether the primary metric improved on the best."""
+    config = run.config
+    val_loss, run.val = evaluate(
+        run.model,
+        run.task,
+        "val",
+        config.eval_samples,
+        config.eval_batch_size,
+        device=run.info.device,
+        dtype=run.dtype,
+    )
+    if run.logger is not None:
+        run.logger.log(step, "val", val_loss, run.val, lr, run.elapsed)
+    value = run.val.get(run.task.primary_metric, float("nan"))
+    improved = _is_better(value, run.best, run.task.higher_is_better)
+    if improved:
+        run.best = value
+    return improved
+
+
+def _checkpoint(run: _Run, step: int, rng_ranks: list[Any], improved: bool) -> None:
+    """Writes `last` (and `best` when `improved`) for `step`."""
+    # Scheduled unit attributes (ε, sharpness) are not weights: the config carries them.
+    saved_config = run.schedules.record(run.model, run.model_config)
+    state = _training_state(run, step, rng_ranks)
+    try:
+        folder = save_checkpoint(
+            run.run_dir, "last", run.model, saved_config, state, run.extra_files
+        )
+        run.saved = (folder, step)
+        if improved:
+            save_checkpoint(run.run_dir, "best", run.model, saved_config, state, run.extra_files)
+    except CheckpointWriteError as err:
+        raise CheckpointWriteError(
+            err.errno, f"step {step}: {err.strerror}; free space and continue with --resume"
+        ) from None
+
+
+def _training_state(run: _Run, step: int, rng_ranks: list[Any]) -> dict[str, Any]:
+    task = run.task
+    return {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng_ranks[0],
+        "rng_ranks": rng_ranks if run.info.distributed else None,
+        "step": step,
+        "best": run.best,
+        "train_time": run.elapsed,
+        "skipped": run.skipped,
+        "world_size": run.info.world_size,
+        "val": run.val,
+        "train_config": run.config.to_dict(),
+        "task": {
+            "name": task.name,
+            "primary_metric": task.primary_metric,
+            "higher_is_better": task.higher_is_better,
+            "loss_kind": getattr(task, "loss_kind", None),
+        },
+    }
 
 
 __all__ = [
     "CONFIG_YAML",
+    "load_run_config",
+    "prepare_run_dir",
     "TrainResult",
     "TrainingDiverged",
     "build_task",

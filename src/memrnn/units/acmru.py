@@ -104,6 +104,29 @@ class AlphaCMRU(BMRU):
         self.last_write_rate = z.mean()
         return self._readout(h), BMRUState(h[:, -1])
 
+    def _forward_lengths(
+        self, x: Tensor, state: BMRUState, lengths: Tensor
+    ) -> tuple[Tensor, BMRUState]:
+        # Past a sequence's length the step is the identity (decay 1, input 0), so the state
+        # stays at the last valid step; torch.where keeps gradients off the padded inputs.
+        T = x.shape[1]
+        valid = (torch.arange(T, device=x.device) < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
+        decay, inp, z = self._gates(x)  # (B, T, N) each
+        decay = torch.where(valid, decay, 1.0)
+        inp = torch.where(valid, inp, 0.0)
+        z = torch.where(valid, z, 0.0)
+        h0 = state.h.to(x.dtype).contiguous()
+        if self.mode == "parallel":
+            h, _ = linear_scan(decay, inp, h0, backend=self.scan_backend)
+        else:
+            h_t, hs = h0, []
+            for a_t, b_t in zip(decay.unbind(1), inp.unbind(1), strict=True):
+                h_t = a_t * h_t + b_t
+                hs.append(h_t)
+            h = torch.stack(hs, dim=1)  # (B, T, N)
+        self.last_write_rate = z.mean()
+        return self._readout(h), BMRUState(h[:, -1])
+
     def _cell(self, x_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
         decay, inp, z = self._gates(x_t)  # (B, N) each
         return decay * h_prev + inp, z

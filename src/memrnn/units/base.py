@@ -1,12 +1,20 @@
 """The contract every recurrent unit follows, and the unit registry.
 
 A unit is an `nn.Module` with
-    forward(x, state=None) -> (y, state)     x: (B, T, D)  -> y: (B, T, H)
+    forward(x, state=None, lengths=None) -> (y, state)     x: (B, T, D)  -> y: (B, T, H)
     step(x_t, state)       -> (y_t, state)   x_t: (B, D)   -> y_t: (B, H)
     init_state(batch_size, device=None, dtype=None) -> State (a NamedTuple)
 and, where its math allows, `mode="parallel" | "recurrent"`. `RecurrentUnit` implements the
 input and state checks, the mode switch and the step-by-step forward once, so that a unit only
 writes `init_state`, `step` and (when it has one) `_forward_parallel`.
+
+Variable lengths: `forward(x, state, lengths)` with `lengths` (B,) in [1, T] returns, for each
+sequence, the state at its last valid step; outputs past a sequence's length are unspecified.
+By default a recurrent step loop keeps each finished sequence's state with `torch.where`, and
+any other forward (fused kernels, convolutions) runs over the segments between consecutive
+distinct lengths, carrying the state and dropping the sequences that have ended: each segment
+is an ordinary chunked call, which every unit is tested to compute exactly. Units that can
+freeze their state by masking (the MRUs: write gate shut) override `_forward_lengths`.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 # Parameters carrying this attribute (set to True) are excluded from weight decay.
 NO_WEIGHT_DECAY = "_memrnn_no_weight_decay"
@@ -76,13 +85,13 @@ def _recurrence_in_float32(method: Callable[..., Any]) -> Callable[..., Any]:
     """
 
     @functools.wraps(method)
-    def wrapper(self: RecurrentUnit, x: Any, state: Any = None) -> Any:
+    def wrapper(self: RecurrentUnit, x: Any, state: Any = None, **kwargs: Any) -> Any:
         if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 if x.dtype in (torch.float16, torch.bfloat16):
                     x = x.float()
-                return method(self, x, state)
-        return method(self, x, state)
+                return method(self, x, state, **kwargs)
+        return method(self, x, state, **kwargs)
 
     wrapper.__recurrence_in_float32__ = True  # type: ignore[attr-defined]
     return wrapper
@@ -152,6 +161,7 @@ class RecurrentUnit(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> NamedTuple:
+        """The state a sequence starts from, for `batch_size` sequences."""
         raise NotImplementedError
 
     def _forward_parallel(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
@@ -184,6 +194,12 @@ class RecurrentUnit(nn.Module):
     def check_input(self, x: Any, name: str = "x") -> Tensor:
         """x must be a floating (B, T, input_size) tensor."""
         owner = type(self).__name__
+        if isinstance(x, PackedSequence):
+            raise TypeError(
+                f"{owner}: `{name}` is a PackedSequence; pad it with "
+                "torch.nn.utils.rnn.pad_packed_sequence(x, batch_first=True), which returns "
+                "(padded, lengths), and call forward(padded, lengths=lengths)"
+            )
         if not isinstance(x, Tensor):
             raise TypeError(f"{owner}: `{name}` must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.input_size:
@@ -211,10 +227,17 @@ class RecurrentUnit(nn.Module):
         self._check_dtype(x_t, name)
         return x_t
 
-    def check_state(self, state: Any, batch_size: int) -> NamedTuple:
-        """state must be this unit's State NamedTuple with the shapes init_state gives."""
+    def check_state(
+        self,
+        state: Any,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> NamedTuple:
+        """state must be this unit's State NamedTuple with the shapes init_state gives, and,
+        when given, the dtypes init_state gives for input dtype `dtype` and `device`."""
         owner = type(self).__name__
-        expected = self.init_state(batch_size, device="meta")
+        expected = self.init_state(batch_size, device="meta", dtype=dtype)
         if not isinstance(state, type(expected)):
             raise TypeError(
                 f"{owner}: `state` must be a {type(expected).__name__} (from init_state or a "
@@ -227,18 +250,123 @@ class RecurrentUnit(nn.Module):
                 got_str = None if got_shape is None else tuple(got_shape)
                 ref_str = None if ref_shape is None else tuple(ref_shape)
                 raise ValueError(f"{owner}: state.{field} has shape {got_str}; expected {ref_str}")
+            if not isinstance(got, Tensor):
+                continue
+            if dtype is not None and got.dtype != ref.dtype:
+                raise ValueError(
+                    f"{owner}: `state`.{field} has dtype {got.dtype}; expected {ref.dtype} for "
+                    f"{dtype} inputs (init_state(..., dtype={dtype}) or a previous call)"
+                )
+            if device is not None and got.device != device:
+                raise ValueError(
+                    f"{owner}: `state`.{field} is on {got.device} but the input is on {device}; "
+                    "move one of them"
+                )
         return state
 
+    def check_lengths(self, lengths: Any, x: Tensor) -> Tensor | None:
+        """`lengths` must be None or a (B,) integer tensor with values in [1, T].
+
+        Returns it as int64 on x's device, or None when every sequence has all T steps.
+        """
+        owner = type(self).__name__
+        if lengths is None:
+            return None
+        B, T = x.shape[:2]
+        if (
+            not isinstance(lengths, Tensor)
+            or lengths.shape != (B,)
+            or lengths.is_floating_point()
+            or lengths.is_complex()
+            or lengths.dtype == torch.bool
+        ):
+            got = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+            raise ValueError(f"{owner}: `lengths` must be a ({B},) integer tensor, got {got}")
+        lengths = lengths.to(device=x.device, dtype=torch.long)
+        if bool((lengths < 1).any()) or bool((lengths > T).any()):
+            raise ValueError(
+                f"{owner}: `lengths` must lie in [1, {T}] (T = x.shape[1]), got "
+                f"min {int(lengths.min())}, max {int(lengths.max())}"
+            )
+        return None if bool((lengths == T).all()) else lengths
+
     @_recurrence_in_float32
-    def forward(self, x: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
+    def forward(
+        self, x: Tensor, state: NamedTuple | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, NamedTuple]:
+        """Runs the unit over a sequence in its current mode.
+
+        Args:
+            x: (B, T, input_size) inputs.
+            state: the state to start from (None: `init_state`).
+            lengths: (B,) integer valid length of each sequence, in [1, T] (None: all T).
+                Outputs past a sequence's length are unspecified; the returned state is the
+                state at its last valid step, in every mode.
+
+        Returns:
+            y (B, T, output_size) and the final state.
+        """
         x = self.check_input(x)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
         else:
-            state = self.check_state(state, x.shape[0])
-        if self.mode == "parallel":
+            state = self.check_state(state, x.shape[0], dtype=x.dtype, device=x.device)
+        lengths = self.check_lengths(lengths, x)
+        if lengths is not None:
+            return self._forward_lengths(x, state, lengths)
+        # An empty batch (B = 0) takes the step loop: it does no work, and the parallel
+        # kernels divide work by B.
+        if self.mode == "parallel" and x.shape[0] > 0:
             return self._forward_parallel(x, state)
         return self._forward_recurrent(x, state)
+
+    # -- variable lengths ---------------------------------------------------------------------
+    def _last_step_only(self) -> bool:
+        """Whether forward returns only the last step's output, (B, 1, H)."""
+        return False
+
+    def _forward_lengths(
+        self, x: Tensor, state: NamedTuple, lengths: Tensor
+    ) -> tuple[Tensor, NamedTuple]:
+        """forward with some sequences shorter than T (`lengths` checked, not all T)."""
+        plain_loop = type(self)._forward_recurrent is RecurrentUnit._forward_recurrent
+        if self.mode == "recurrent" and plain_loop:
+            ys = []
+            for t, x_t in enumerate(x.unbind(1)):
+                y_t, new = self._step(x_t, state)
+                state = where_state(t < lengths, new, state)
+                ys.append(y_t)
+            y = torch.stack(ys, dim=1)  # (B, T, H)
+            return (last_valid(y, lengths) if self._last_step_only() else y), state
+        return self._forward_segments(x, state, lengths)
+
+    def _forward_segments(
+        self, x: Tensor, state: NamedTuple, lengths: Tensor
+    ) -> tuple[Tensor, NamedTuple]:
+        """Runs forward over [0, l1), [l1, l2), ... (the sorted distinct lengths) with the
+        state carried, each segment on the sequences not yet ended; padded outputs are 0."""
+        B = x.shape[0]
+        pieces, last, start = [], None, 0
+        for end in sorted(set(lengths.tolist())):
+            rows = torch.nonzero(lengths > start).squeeze(1)  # sequences still running
+            y_seg, new = self.forward(x[rows, start:end], index_state(state, rows))
+            state = scatter_state(state, rows, new)
+            if self._last_step_only():
+                # Keep the output of the sequences that end in this segment.
+                ending = (lengths[rows] == end).view(-1, 1, 1)
+                full = y_seg.new_zeros(B, *y_seg.shape[1:]).index_copy(0, rows, y_seg)
+                mask = torch.zeros(B, 1, 1, dtype=torch.bool, device=x.device)
+                mask[rows] = ending
+                last = full if last is None else torch.where(mask, full, last)
+            else:
+                pieces.append(y_seg.new_zeros(B, *y_seg.shape[1:]).index_copy(0, rows, y_seg))
+            start = end
+        if self._last_step_only():
+            return last, state
+        y = torch.cat(pieces, dim=1)  # (B, max(lengths), H)
+        if y.shape[1] < x.shape[1]:
+            y = torch.cat([y, y.new_zeros(B, x.shape[1] - y.shape[1], *y.shape[2:])], dim=1)
+        return y, state
 
     def _forward_recurrent(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
         ys = []
@@ -253,11 +381,12 @@ class RecurrentUnit(nn.Module):
 
     @_recurrence_in_float32
     def step(self, x_t: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
+        """One step: x_t (B, input_size) and a state -> (y_t (B, output_size), new state)."""
         x_t = self.check_step_input(x_t)
         if state is None:
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
         else:
-            state = self.check_state(state, x_t.shape[0])
+            state = self.check_state(state, x_t.shape[0], dtype=x_t.dtype, device=x_t.device)
         return self._step(x_t, state)
 
     def extra_repr(self) -> str:
@@ -265,6 +394,39 @@ class RecurrentUnit(nn.Module):
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"output_size={self.output_size}, mode={self.mode!r}"
         )
+
+
+def _map_state(fn: Callable[..., Tensor], *states: Any) -> Any:
+    """Applies fn leafwise to (nested) NamedTuple states of tensors."""
+    first = states[0]
+    if isinstance(first, Tensor):
+        return fn(*states)
+    return type(first)(*(_map_state(fn, *parts) for parts in zip(*states, strict=True)))
+
+
+def where_state(keep: Tensor, new: Any, old: Any) -> Any:
+    """Per sequence, `new` where keep (B,) is True, else `old` (nested states of (B, ...))."""
+
+    def pick(n: Tensor, o: Tensor) -> Tensor:
+        return torch.where(keep.view(-1, *([1] * (n.dim() - 1))), n, o)
+
+    return _map_state(pick, new, old)
+
+
+def index_state(state: Any, rows: Tensor) -> Any:
+    """The states of the sequences `rows`."""
+    return _map_state(lambda t: t[rows], state)
+
+
+def scatter_state(state: Any, rows: Tensor, new: Any) -> Any:
+    """`state` with the sequences `rows` replaced by `new` (out of place, differentiable)."""
+    return _map_state(lambda t, n: t.index_copy(0, rows, n.to(t.dtype)), state, new)
+
+
+def last_valid(y: Tensor, lengths: Tensor) -> Tensor:
+    """The output at each sequence's last valid step: (B, T, H) -> (B, 1, H)."""
+    index = (lengths - 1).view(-1, 1, *([1] * (y.dim() - 2))).expand(-1, 1, *y.shape[2:])
+    return y.gather(1, index)
 
 
 __all__ = [
@@ -276,4 +438,8 @@ __all__ = [
     "is_no_weight_decay",
     "mark_no_weight_decay",
     "register_unit",
+    "index_state",
+    "last_valid",
+    "scatter_state",
+    "where_state",
 ]

@@ -151,14 +151,21 @@ class Hybrid(RecurrentUnit):
             self.ssm.init_state(batch_size, device=device, dtype=dtype),
         )
 
-    def check_state(self, state: Any, batch_size: int) -> HybridState:
+    def check_state(
+        self,
+        state: Any,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> HybridState:
         if not isinstance(state, HybridState):
             raise TypeError(
                 f"Hybrid: `state` must be a HybridState (from init_state or a previous call), "
                 f"got {type(state).__name__}"
             )
         return HybridState(
-            self.mru.check_state(state.mru, batch_size), self.ssm.check_state(state.ssm, batch_size)
+            self.mru.check_state(state.mru, batch_size, dtype, device),
+            self.ssm.check_state(state.ssm, batch_size, dtype, device),
         )
 
     def _combine(self, y_mru: Tensor, y_ssm: Tensor) -> Tensor:
@@ -175,6 +182,14 @@ class Hybrid(RecurrentUnit):
         # Each branch runs its own recurrent forward (some have a fused sequence loop).
         y_mru, s_mru = self.mru._forward_recurrent(x, state.mru)
         y_ssm, s_ssm = self.ssm._forward_recurrent(x, state.ssm)
+        return self._combine(y_mru, y_ssm), HybridState(s_mru, s_ssm)
+
+    def _forward_lengths(
+        self, x: Tensor, state: HybridState, lengths: Tensor
+    ) -> tuple[Tensor, HybridState]:
+        # Each branch freezes its own state past the lengths, in its own way.
+        y_mru, s_mru = self.mru._forward_lengths(x, state.mru, lengths)
+        y_ssm, s_ssm = self.ssm._forward_lengths(x, state.ssm, lengths)
         return self._combine(y_mru, y_ssm), HybridState(s_mru, s_ssm)
 
     def _step(self, x_t: Tensor, state: HybridState) -> tuple[Tensor, HybridState]:

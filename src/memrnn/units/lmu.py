@@ -442,18 +442,30 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         m = state.m @ a_bar.T + u.unsqueeze(-1) * b_bar  # (B, C, d)
         return self._readout(m, x_t), LMUState(m)
 
-    def forward(self, x: Tensor, state: LMUState | None = None) -> tuple[Tensor, LMUState]:
+    def _last_step_only(self) -> bool:
+        return not self.return_sequences or self.mode == "final"
+
+    def forward(
+        self, x: Tensor, state: LMUState | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, LMUState]:
         x = self.check_input(x)
         batch, steps = x.shape[:2]
         carried = state is not None
         if carried:
-            state = self.check_state(state, batch)
+            state = self.check_state(state, batch, dtype=x.dtype, device=x.device)
         else:
             state = self.init_state(batch, device=x.device, dtype=x.dtype)
+        lengths = self.check_lengths(lengths, x)
+        if lengths is not None:
+            # The convolution has no step to freeze: segments between the lengths, or the
+            # masked step loop in recurrent mode (RecurrentUnit._forward_lengths).
+            return self._forward_lengths(x, state, lengths)
         mode = self.resolve_mode(steps)
-        if mode == "recurrent":
+        # An empty batch (B = 0) takes the step loop: the FFT and reshapes reject it.
+        if mode == "recurrent" or batch == 0:
             y, state = self._forward_recurrent(x, state)
-            return (y if self.return_sequences else y[:, -1:]), state
+            every_step = self.return_sequences and mode != "final"
+            return (y if every_step else y[:, -1:]), state
         u = self.memory_activation(self.encoder(x))  # (B, T, C)
         if mode == "final":
             h = self.memory.impulse(steps, x.dtype, x.device)
@@ -682,8 +694,10 @@ class LMU(RecurrentUnit):
     ) -> NamedTuple:
         return self.core.init_state(batch_size, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
-        return self.core(x, state)
+    def forward(
+        self, x: Tensor, state: NamedTuple | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, NamedTuple]:
+        return self.core(x, state, lengths=lengths)
 
     def step(self, x_t: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, NamedTuple]:
         return self.core.step(x_t, state)

@@ -320,6 +320,38 @@ class BMRU(RecurrentUnit):
         self.last_write_rate = torch.stack(rates).mean()
         return self._readout(torch.stack(hs, dim=1)), BMRUState(h)
 
+    def _forward_lengths(
+        self, x: Tensor, state: BMRUState, lengths: Tensor
+    ) -> tuple[Tensor, BMRUState]:
+        # Past a sequence's length the write gate is shut (z_t = 0, a_t = 1, b_t = 0), so its
+        # state stays at the last valid step: the candidate is set to 0 and the threshold to
+        # +inf there, through torch.where, so no gradient reaches the padded inputs either.
+        T = x.shape[1]
+        valid = (torch.arange(T, device=x.device) < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
+        c = torch.where(valid, self.candidate(x), 0.0)  # (B, T, N)
+        beta = self.threshold_proj(x) if self.threshold == "input" else self.beta.expand_as(c)
+        beta = torch.where(valid, beta, torch.inf)  # (B, T, N), before its absolute value
+        if self.mode == "parallel":
+            h, self.last_write_rate = _mru_recurrence(
+                c,
+                beta,
+                state.h.to(x.dtype).contiguous(),
+                self._epsilon,
+                self.surrogate,
+                self.sharpness,
+                self.scan_backend,
+                beta_abs=True,
+            )
+        else:
+            h_t, hs, rates = state.h, [], []
+            for c_t, beta_t in zip(c.unbind(1), beta.unbind(1), strict=True):
+                a, b, z = _scan_inputs(c_t, beta_t.abs(), self._epsilon, self._derivative)
+                h_t = a * h_t + b
+                hs.append(h_t)
+                rates.append(z.mean())
+            h, self.last_write_rate = torch.stack(hs, dim=1), torch.stack(rates).mean()
+        return self._readout(h), BMRUState(h[:, -1])
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, threshold={self.threshold!r}, epsilon={self._epsilon}, "

@@ -202,6 +202,7 @@ def test_create_model_result_or_clear_error(
         name,
         input_size=5,
         output_size=2,
+        seq_len=16,
         head=head,
         d_model=8,
         input_kind="tokens" if tokens else "real",

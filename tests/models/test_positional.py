@@ -248,3 +248,9 @@ def test_lengths_end_the_state_and_the_positions_at_each_sequence_end() -> None:
         _, alone = model(x[b : b + 1, :n])
         ref, _ = model(more[b : b + 1], alone)
         torch.testing.assert_close(y[b : b + 1], ref, rtol=1e-10, atol=1e-10)
+
+
+def test_empty_sequences_are_refused_before_the_conv() -> None:
+    model = _model("bmru", {"conv_kernel": 4})
+    with pytest.raises(ValueError, match="T = 0 time steps"):
+        model(torch.randn(1, 0, 3, dtype=torch.float64))

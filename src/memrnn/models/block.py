@@ -198,7 +198,9 @@ class Block(nn.Module):
         if self.conv is None:
             return state, None
         if state is None:
-            state = self.init_state(batch, device=like.device, dtype=like.dtype)
+            # A fresh unit state is the unit's own business (its dtype, its checks, autocast).
+            shape = (batch, self.conv_kernel - 1, self.d_model)
+            return None, torch.zeros(shape, device=like.device, dtype=like.dtype)
         return state.unit, state.conv
 
     def _join(self, unit_state: Any, conv: Tensor | None) -> Any:
@@ -235,6 +237,8 @@ class Block(nn.Module):
         """x (B, T, D), code p (B, T, P) -> (B, T, D); with `lengths` (B,) the returned state
         (unit and conv buffer) is the one after each sequence's last valid step."""
         self._check_code(p, "p")
+        if x.dim() == 3 and x.shape[1] == 0:
+            raise ValueError("Block: `x` has T = 0 time steps; expected T >= 1")
         unit_state, buf = self._split(state, x.shape[0], x)
         x_hat = self.norm1(x)  # (B, T, D)
         if buf is not None:

@@ -1,8 +1,8 @@
 """BRC and nBRC: the compiled sequence kernels vs the torch step loop, side by side.
 
-Both cells are recurrent-only; their `backend` picks how a sequence runs: "native", compiled
-kernels for the forward and backward pass through time (`memrnn.units.brc_native`), or
-"loop", torch ops per step. Timed in float32 for a training step (forward + backward of a
+Both cells are recurrent-only; their `backend` picks how a sequence runs: "numba", compiled
+kernels for the forward and backward pass through time (`memrnn.ops.brc.numba`), or
+"naive", torch ops per step. Timed in float32 for a training step (forward + backward of a
 sum of squares) and for inference, the two backends taking turns, at two shapes: the
 copy-first-input experiment's network (2 layers x 100 with encoder, norms and head; batch 32,
 T = 300) and one unit at the unit benchmark's shape (B = 16, D = H = 128, T = 1024). The
@@ -27,7 +27,7 @@ from memrnn.models import create_model
 from memrnn.runtime import keep_freed_memory
 from memrnn.units import BRC, NBRC
 
-BACKENDS = ("native", "loop")
+BACKENDS = ("numba", "naive")
 CELLS = {"brc": BRC, "nbrc": NBRC}
 
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             f"# {name}: native vs loop (float64, outputs and gradients): max rel diff = {diff:.2e}"
         )
         if diff > 1e-9:
-            raise SystemExit(f"{name}: the native and loop backends disagree; not reporting speed")
+            raise SystemExit(f"{name}: the numba and naive backends disagree; not reporting speed")
     repeats = 2 if args.quick else 7
     rows = []
     for case, name, build, shape in _cases(args.quick):
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                         "batch": shape[0],
                         "T": shape[1],
                         "seconds": seconds[backend],
-                        "speedup_vs_loop": seconds["loop"] / seconds[backend],
+                        "speedup_vs_loop": seconds["naive"] / seconds[backend],
                     }
                 )
     print(

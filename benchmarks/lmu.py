@@ -1,12 +1,13 @@
-"""Training-step speed of the parallel LMU: fft, raw and final modes vs recurrent mode vs an LSTM.
+"""Training-step speed of the parallel LMU: fft, direct and final readout vs recurrent vs an LSTM.
 
     python -m benchmarks.lmu              # psMNIST shape: B=32, T=784, 1 feature, order 468, H=346
     python -m benchmarks.lmu --quick      # tiny shapes, a few seconds
-    python -m benchmarks.lmu --crossover  # raw vs fft per length: where `mode="auto"` switches
+    python -m benchmarks.lmu --crossover  # direct vs fft per length: where `conv="auto"` switches
 
 One training step is forward + backward of a 10-class cross-entropy on the last step's output
-(a linear head, as in the psMNIST model of Chilkuri & Eliasmith 2021); every LMU mode computes
-the same loss. The LSTM peer (torch.nn.LSTM) gets the hidden width whose parameter count is
+(a linear head, as in the psMNIST model of Chilkuri & Eliasmith 2021); every LMU setting
+("fft", "direct": the parallel mode's convolution; "final": the last-step readout; "recurrent")
+computes the same loss. The LSTM peer (torch.nn.LSTM) gets the hidden width whose parameter count is
 closest to the LMU layer's. Before any time is reported the modes are checked against
 recurrent mode in float64 (loss and every gradient); a mode that disagrees is reported as
 failed and gets no ratio.
@@ -25,12 +26,16 @@ from torch import Tensor, nn
 from benchmarks.common import format_table, print_header, time_fn, write_results
 from memrnn.units.lmu import ParallelLMU
 
-LMU_MODES = ("fft", "raw", "final", "recurrent")
+LMU_MODES = ("fft", "direct", "final", "recurrent")
 CHECK_STEPS = 96
 
 
 def _lmu_loss(layer: ParallelLMU, head: nn.Linear, x: Tensor, target: Tensor, mode: str) -> Tensor:
-    layer.mode = mode
+    # One name per setting: a convolution of the parallel mode, the final readout, or recurrent.
+    layer.mode = "recurrent" if mode == "recurrent" else "parallel"
+    layer.readout = "final" if mode == "final" else "sequence"
+    if mode in ("fft", "direct"):
+        layer.conv = mode
     y, _ = layer(x)
     return F.cross_entropy(head(y[:, -1]), target)
 
@@ -163,7 +168,7 @@ def train_steps(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str
 
 
 def crossover(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Training-step time of raw vs fft per length, for a small and the psMNIST order."""
+    """Training-step time of direct vs fft per length, for a small and the psMNIST order."""
     rows = []
     lengths = (4, 8, 16, 32, 64, 128) if args.quick else (8, 16, 32, 64, 96, 128, 256, 512)
     for order in (8, 32) if args.quick else (8, 64, 468):
@@ -174,7 +179,7 @@ def crossover(args: argparse.Namespace) -> list[dict[str, Any]]:
         for steps in lengths:
             x = torch.randn(args.batch, steps, 1)
             times = {}
-            for mode in ("raw", "fft"):
+            for mode in ("direct", "fft"):
                 times[mode] = time_fn(
                     lambda mode=mode, layer=layer, head=head, x=x, target=target: _lmu_loss(
                         layer, head, x, target, mode
@@ -187,12 +192,12 @@ def crossover(args: argparse.Namespace) -> list[dict[str, Any]]:
                 {
                     "order": order,
                     "steps": steps,
-                    "raw_s": times["raw"],
+                    "direct_s": times["direct"],
                     "fft_s": times["fft"],
-                    "fft_over_raw": times["fft"] / times["raw"],
+                    "fft_over_direct": times["fft"] / times["direct"],
                 }
             )
-    print(format_table(rows, ["order", "steps", "raw_s", "fft_s", "fft_over_raw"]))
+    print(format_table(rows, ["order", "steps", "direct_s", "fft_s", "fft_over_direct"]))
     return rows
 
 

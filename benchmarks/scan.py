@@ -3,10 +3,10 @@
     python -m benchmarks.scan            # B=16, N=256, T in {256, 1024, 4096, 16384}, float32
     python -m benchmarks.scan --quick    # small and fast (used by `make demo` smoke runs)
 
-For every length it times forward and forward+backward of the `reference` loop (PyTorch
-autograd through a Python loop), `tree` and `native`, and in the same run a bandwidth proxy:
-one elementwise pass that reads a and b and writes a new tensor (torch.addcmul), the least
-memory traffic any scan must do. Ratios are to the loop (speed-up) and to the proxy (how far
+For every length it times forward and forward+backward of the `naive` loop (autograd
+through a Python loop), `torch` (the tree) and `numba`, and in the same run a bandwidth
+proxy: one elementwise pass that reads a and b and writes a new tensor (torch.addcmul), the
+least memory traffic any scan must do. Ratios are to the loop (speed-up) and to the proxy (how far
 from memory-bound). A backend whose outputs or gradients disagree with the loop is reported
 as failed and gets no ratio.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import format_table, print_header, time_fn, write_results
-from memrnn.scan import linear_scan, resolve_backend
+from memrnn.ops.scan import linear_scan, resolve_backend
 
-BACKENDS = ("reference", "tree", "native")
+BACKENDS = ("naive", "torch", "numba")
 
 
 def _forward(backend: str, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -40,7 +40,7 @@ def _agrees(backend: str, a: torch.Tensor, b: torch.Tensor, grad: torch.Tensor) 
     b64 = b.detach()[:, :256].double().requires_grad_()
     g64 = grad[:, :256].double()
     results = []
-    for name in ("reference", backend):
+    for name in ("naive", backend):
         a64.grad = b64.grad = None
         h, _ = linear_scan(a64, b64, backend=name)
         h.backward(g64)
@@ -67,16 +67,16 @@ def run(
         proxy = time_fn(lambda a_d=a_d, b_d=b_d: torch.addcmul(b_d, a_d, b_d), repeats=repeats)
         timings = {}
         for backend in BACKENDS:
-            ok = backend == "reference" or _agrees(backend, a, b, grad)
+            ok = backend == "naive" or _agrees(backend, a, b, grad)
             # The loop is slow at the longest lengths: one repetition there. At T = 4096 it is
             # timed like the others (median of `repeats`), since its single runs vary by 1.5x.
-            reps = 1 if backend == "reference" and T > 4096 else repeats
+            reps = 1 if backend == "naive" and T > 4096 else repeats
             fwd = time_fn(lambda be=backend, a_d=a_d, b_d=b_d: _forward(be, a_d, b_d), repeats=reps)
             fb = time_fn(
                 lambda be=backend, a=a, b=b, g=grad: _forward_backward(be, a, b, g), repeats=reps
             )
             timings[backend] = (fwd, fb, ok)
-        loop_fwd, loop_fb, _ = timings["reference"]
+        loop_fwd, loop_fb, _ = timings["naive"]
         for backend, (fwd, fb, ok) in timings.items():
             rows.append(
                 {
@@ -122,7 +122,7 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     for backend in BACKENDS:
         pts = [(r["T"], r["fwd_bwd_ms"]) for r in rows if r["backend"] == backend]
         ax.loglog(*zip(*pts, strict=True), marker="o", label=f"{backend} fwd+bwd")
-    pts = [(r["T"], r["proxy_ms"]) for r in rows if r["backend"] == "native"]
+    pts = [(r["T"], r["proxy_ms"]) for r in rows if r["backend"] == "numba"]
     ax.loglog(*zip(*pts, strict=True), linestyle="--", color="gray", label="bandwidth proxy")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("time (ms)")

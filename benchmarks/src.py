@@ -2,8 +2,8 @@
 
 A 3-layer, 128-neuron SpikingNetwork at batch 64 over 220 steps (the SRC paper's 20 + 200
 step image encoding), float32, timed for training (forward + backward) and inference, every
-backend in the same run ("native": numba kernels; "torch": one autograd node looping in torch
-ops; "loop": a plain Python loop of `src_step`, the baseline). Every backend is first checked
+backend in the same run ("numba": compiled kernels; "torch": one autograd node looping in torch
+ops; "naive": a plain Python loop of `src_step`, the baseline). Every backend is first checked
 against the loop (outputs and gradients, float64); no speed-up is reported if one disagrees.
 
     python -m benchmarks.src [--quick]
@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import format_table, print_header, time_interleaved, write_results
 from memrnn.models.spiking import SpikingNetwork
 
-BACKENDS = ("native", "torch", "loop")
+BACKENDS = ("numba", "torch", "naive")
 
 
 def _set_backend(net: SpikingNetwork, backend: str) -> None:
@@ -56,7 +56,7 @@ def check_agreement(hidden: int, layers: int, backend: str) -> float:
     net = SpikingNetwork(hidden, [hidden] * layers, 10, weight_gain=4.0).double()
     x = (torch.rand(4, 60, hidden, dtype=torch.float64) < 0.2).double()
     results = []
-    for b in (backend, "loop"):
+    for b in (backend, "naive"):
         _set_backend(net, b)
         net.zero_grad(set_to_none=True)
         out, _ = net(x)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     batch, steps, hidden, layers = (16, 60, 128, 3) if args.quick else (64, 220, 128, 3)
     repeats = 2 if args.quick else 5
-    info = print_header("SRC network: native kernel and torch loop vs plain step loop")
+    info = print_header("SRC network: numba kernel and torch loop vs plain step loop")
     for backend in BACKENDS[:-1]:
         diff = check_agreement(16, layers, backend)
         print(f"# {backend} vs loop (float64, outputs and gradients): max rel diff = {diff:.2e}")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                     "dtype": args.dtype,
                     "seconds": seconds[backend],
                     "steps_per_s": steps / seconds[backend],
-                    "speedup_vs_loop": seconds["loop"] / seconds[backend],
+                    "speedup_vs_loop": seconds["naive"] / seconds[backend],
                 }
             )
     print(

@@ -1,7 +1,19 @@
-"""Test-wide settings."""
+"""Test-wide settings.
+
+Triton kernels (memrnn.ops.*.triton) run through Triton's interpreter on machines without a
+CUDA device: the interpreter is chosen when a kernel is defined (at import of
+`memrnn.ops._triton`), so TRITON_INTERPRET is set here, before any test imports one, and only
+where no CUDA device exists (where compiled kernels could not run anyway).
+"""
+
+import os
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -11,3 +23,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def triton_reference() -> SimpleNamespace:
+    """The CPU ground truth of each op: its naive loop (`memrnn.ops.<op>.naive`)."""
+    from memrnn.ops.lru.naive import lru_layer
+    from memrnn.ops.mingru.naive import mingru_layer
+    from memrnn.ops.mru.naive import mru_layer
+    from memrnn.ops.scan.naive import scan
+
+    return SimpleNamespace(
+        scan=scan, mru_layer=mru_layer, mingru_layer=mingru_layer, lru_layer=lru_layer
+    )
+
+
+@pytest.fixture
+def triton_kernels():
+    """Skips cleanly without triton; on a machine without CUDA, checks that the kernels are
+    the interpreter's (they would be compiled ones had something imported them earlier)."""
+    pytest.importorskip("triton")
+    from memrnn.ops import _triton
+
+    if not torch.cuda.is_available():
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(_triton._apply_kernel, InterpretedFunction):
+            pytest.fail("memrnn.ops._triton was imported before TRITON_INTERPRET was set")
+    return _triton

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from benchmarks import brc, inference, memory, units
 from benchmarks.__main__ import BENCHMARKS
 from benchmarks.__main__ import main as bench_main
@@ -189,7 +190,7 @@ def test_brc_times_both_backends_and_refuses_when_they_disagree(
         (cell, p, path)
         for cell in ("brc", "nbrc")
         for p in ("train", "inference")
-        for path in ("native", "loop")
+        for path in ("numba", "naive")
     }
     assert all(float(r["seconds"]) > 0 and float(r["speedup_vs_loop"]) > 0 for r in rows)
     assert brc.check_agreement("nbrc") < 1e-9
@@ -197,3 +198,46 @@ def test_brc_times_both_backends_and_refuses_when_they_disagree(
     with pytest.raises(SystemExit, match="disagree"):
         brc.main(["--quick", "--out-dir", str(tmp_path / "again")])
     assert not (tmp_path / "again").exists()
+
+
+def test_gpu_benchmark_refuses_without_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import gpu
+
+    with pytest.raises(SystemExit) as exit_info:
+        gpu.main(["--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("benchmarks.gpu: needs a CUDA device, got --device cpu")
+    assert len(err.splitlines()) == 1
+
+
+def test_gpu_benchmark_reads_bandwidth_by_gpu_name() -> None:
+    from benchmarks.gpu import datasheet_bandwidth
+
+    assert datasheet_bandwidth("NVIDIA H100 80GB HBM3") == 3350e9
+    assert datasheet_bandwidth("NVIDIA H100 PCIe") == 2000e9
+    assert datasheet_bandwidth("NVIDIA H200") == 4800e9
+    assert datasheet_bandwidth("Some Future GPU") is None
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_rows_run_through_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The timing code on tiny shapes, the kernels in Triton's interpreter on CPU: every row is
+    # checked equal to the torch path; the times themselves mean nothing here.
+    pytest.importorskip("triton")
+    from benchmarks import gpu
+
+    monkeypatch.setattr(gpu, "SCAN_SHAPES", ((1, 64, 8),))
+    monkeypatch.setattr(gpu, "UNIT_SHAPE", (1, 16, 8))
+    cpu = torch.device("cpu")
+    rows = gpu.scan_rows(cpu, 1, {"datasheet": None, "copy": 1e9})
+    rows += gpu.unit_rows(cpu, 1)
+    ours = [row for row in rows if row["impl"].startswith("memrnn")]
+    assert [row["impl"] for row in ours][1:] == [
+        "memrnn bmru",
+        "memrnn cmru",
+        "memrnn mingru",
+        "memrnn lru",
+    ]
+    assert all(row["agrees"] for row in ours)
+    assert rows[0]["x_floor_copy"] > 0 and rows[0]["x_floor_datasheet"] is None

@@ -24,7 +24,7 @@ UNITS = {
     "cmru": ("parallel", 1e-5),
     "lru": ("parallel", 1e-5),
     "mingru": ("parallel", 1e-5),
-    "plmu": ("fft", 1e-5),
+    "plmu": ("parallel", 1e-5),  # the FFT convolution at these lengths
 }
 
 

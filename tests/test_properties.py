@@ -21,8 +21,8 @@ from torch.utils._pytree import tree_leaves
 
 from memrnn.models import create_model
 from memrnn.models.block import build_unit
-from memrnn.scan import linear_scan
-from memrnn.scan.reference import reference_scan
+from memrnn.ops.scan import linear_scan
+from memrnn.ops.scan.naive import scan as reference_scan
 from memrnn.units import UNITS
 
 SETTINGS = settings(
@@ -60,7 +60,7 @@ def scan_args(draw: st.DrawFn) -> tuple:
     dtype = draw(st.sampled_from(ANY_DTYPES))
     a_dtype = dtype if draw(st.booleans()) else draw(st.sampled_from(ANY_DTYPES))
     h0 = draw(st.sampled_from(["none", "right", "wrong"]))
-    backend = draw(st.sampled_from(["auto", "reference", "tree", "bogus"]))
+    backend = draw(st.sampled_from(["auto", "naive", "torch", "bogus"]))
     return b_shape, a_shape, dtype, a_dtype, h0, backend, draw(st.integers(0, 2**16))
 
 
@@ -99,7 +99,7 @@ def test_linear_scan_result_or_clear_error(args: tuple) -> None:
     st.integers(1, 12),
     st.integers(1, 3),
     st.data(),
-    st.sampled_from(["auto", "reference", "tree"]),
+    st.sampled_from(["auto", "naive", "torch"]),
     st.sampled_from(FLOATS),
 )
 def test_linear_scan_propagates_nan(

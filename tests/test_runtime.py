@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from memrnn import runtime
+from memrnn.ops import _cpu
 
 # Allocates two 48 MiB tensors and frees them, five times over (malloc settles on where it
 # places them), then prints the page faults taken by allocating them once more. Under glibc's
@@ -47,5 +48,5 @@ def test_keep_freed_memory_checks_its_limit() -> None:
 
 
 def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime.sys, "platform", "darwin")
+    monkeypatch.setattr(_cpu.sys, "platform", "darwin")
     assert runtime.keep_freed_memory() is False

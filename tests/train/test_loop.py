@@ -6,7 +6,7 @@ import torch
 from memrnn.models import list_models
 from memrnn.train import UsageError, load_model, read_metrics, resolve_config, train
 from memrnn.train.loop import evaluate, lr_factor, param_groups
-from memrnn.units import UNITS, is_no_weight_decay
+from memrnn.units import UNITS, RecurrentUnit, is_no_weight_decay
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -131,6 +131,23 @@ def test_config_errors():
         resolve_config(overrides={"batch-size": "0"})
     with pytest.raises(UsageError, match="epsilon_schedule must be 'HOLD,DECAY'"):
         resolve_config(overrides={"epsilon_schedule": "10"})
+    with pytest.raises(UsageError, match="'backend' must be one of auto, naive, torch, numba"):
+        resolve_config(overrides={"backend": "native"})
+
+
+def test_backend_reaches_every_unit(tmp_path, monkeypatch):
+    import memrnn.train.loop as loop
+
+    seen = []
+
+    def record(model, backend):
+        loop_set_backend(model, backend)
+        seen.extend(m.backend for m in model.modules() if isinstance(m, RecurrentUnit))
+
+    loop_set_backend = loop.set_backend
+    monkeypatch.setattr(loop, "set_backend", record)
+    train(_config(tmp_path, backend="torch", steps=1))
+    assert seen and set(seen) == {"torch"}
 
 
 def test_yaml_file_and_overrides(tmp_path):

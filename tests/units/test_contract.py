@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 import memrnn.units  # noqa: F401 - registers every unit module
-from memrnn.units import UNITS
+from memrnn.units import UNITS, RecurrentUnit
+from memrnn.units.base import set_backend
 
 B, D, H = 2, 3, 4
 LENGTHS = (1, 7, 63, 1000)
@@ -185,6 +186,19 @@ def test_every_parameter_gets_a_finite_gradient(name: str) -> None:
     for pname, grad in zip(result["names"], result["grads"], strict=True):
         assert grad is not None, f"{name}: {pname} gets no gradient"
         assert torch.isfinite(grad).all(), f"{name}: {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_backend_is_checked_and_set_on_every_unit(name: str) -> None:
+    cls = UNITS[name]
+    with pytest.raises(ValueError, match=r"unknown backend 'native'; expected one of \('auto'"):
+        cls(D, H, backend="native", **cls.example_kwargs)
+    unit = cls(D, H, backend="naive", **cls.example_kwargs)
+    assert unit.backend == "naive" and "backend='naive'" in repr(unit)
+    set_backend(nn.Sequential(unit), "torch")
+    assert {m.backend for m in unit.modules() if isinstance(m, RecurrentUnit)} == {"torch"}
+    with pytest.raises(ValueError, match="set_backend: unknown backend 'gpu'"):
+        set_backend(unit, "gpu")
 
 
 @pytest.mark.parametrize("name", sorted(UNITS))

@@ -1,4 +1,4 @@
-"""Legendre memory and LMU layers: discretisation vs scipy, every mode equal, decoding, errors."""
+"""Legendre memory and LMU layers: discretisation vs scipy, settings agree, decoding, errors."""
 
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from memrnn.scan.fft import fft_causal_conv
+from memrnn.ops.lti import DIRECT_FFT_CROSSOVER
+from memrnn.ops.lti.torch import fft_causal_conv
 from memrnn.units import UNITS
 from memrnn.units.lmu import (
     LMU,
-    RAW_FFT_CROSSOVER,
     LegendreMemory,
     LMUCell,
     LMUState,
     ParallelLMU,
-    choose_lmu_mode,
     impulse_response,
     legendre_matrices,
     legendre_system,
@@ -31,7 +30,9 @@ from memrnn.units.lmu import (
 signal = pytest.importorskip("scipy.signal")
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
-FULL_MODES = ("fft", "raw", "parallel")
+# Settings of the layer by one name each: a convolution of the parallel mode ("parallel": the
+# automatic one), the last-step readout ("final"), or the recurrent mode.
+FULL_MODES = ("fft", "direct", "parallel")
 
 
 # -- discretisation ------------------------------------------------------------------------------
@@ -114,15 +115,23 @@ def test_memory_decodes_a_smooth_delayed_window() -> None:
 
 
 # -- every mode computes the same thing ----------------------------------------------------------
-def _layer(memory_d: int, dtype: torch.dtype, **kwargs) -> ParallelLMU:
+def _layer(memory_d: int, dtype: torch.dtype, mode: str = "parallel", **kwargs) -> ParallelLMU:
     torch.manual_seed(0)
-    return ParallelLMU(3, 5, order=8, theta=16, memory_d=memory_d, dtype=dtype, **kwargs)
+    layer = ParallelLMU(3, 5, order=8, theta=16, memory_d=memory_d, dtype=dtype, **kwargs)
+    _configure(layer, mode)
+    return layer
+
+
+def _configure(layer: ParallelLMU, setting: str) -> None:
+    layer.mode = "recurrent" if setting == "recurrent" else "parallel"
+    layer.readout = "final" if setting == "final" else "sequence"
+    layer.conv = setting if setting in ("fft", "direct") else "auto"
 
 
 def _run(
     layer: ParallelLMU, x: Tensor, mode: str, state: LMUState | None = None, last: bool = False
 ):
-    layer.mode = mode
+    _configure(layer, mode)
     layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()
     y, final = layer(x, state)
@@ -156,7 +165,7 @@ def test_every_mode_agrees_with_recurrent(memory_d: int, steps: int, dtype: torc
     _assert_same(_run(layer, x, "final"), _run(layer, x, "recurrent", last=True), TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("mode", ["fft", "raw", "final", "recurrent"])
+@pytest.mark.parametrize("mode", ["fft", "direct", "final", "recurrent"])
 @pytest.mark.parametrize("memory_d", [1, 4])
 def test_chunks_with_a_carried_state_equal_one_call(memory_d: int, mode: str) -> None:
     layer = _layer(memory_d, torch.float64, mode=mode)
@@ -173,7 +182,7 @@ def test_chunks_with_a_carried_state_equal_one_call(memory_d: int, mode: str) ->
     torch.testing.assert_close(y_chunks, y_full, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("mode", ["fft", "raw", "final"])
+@pytest.mark.parametrize("mode", ["fft", "direct", "final"])
 def test_gradient_of_the_initial_state_matches_recurrent(mode: str) -> None:
     layer = _layer(2, torch.float64)
     gen = torch.Generator().manual_seed(2)
@@ -200,7 +209,7 @@ def test_step_streams_what_the_parallel_forward_computed() -> None:
     torch.testing.assert_close(state.m, final_all.m, rtol=1e-10, atol=1e-10)
 
 
-def test_truncated_raw_stays_within_its_bound() -> None:
+def test_truncated_direct_convolution_stays_within_its_bound() -> None:
     """‖m_t(truncated) − m_t‖ ≤ tol · ‖H_{0:T}‖_F · ‖u_{1:t}‖ (truncation_length's bound)."""
     tol, steps = 1e-3, 300
     layer = ParallelLMU(
@@ -208,7 +217,7 @@ def test_truncated_raw_stays_within_its_bound() -> None:
         8,
         order=8,
         theta=30,
-        mode="raw",
+        conv="direct",
         hidden_activation="identity",
         truncation_tol=tol,
         input_skip=False,
@@ -220,7 +229,7 @@ def test_truncated_raw_stays_within_its_bound() -> None:
         layer.memory_out.bias.zero_()
     x = torch.randn(2, steps, 1, dtype=torch.float64)
     m_trunc, _ = layer(x)
-    layer.mode = "fft"
+    layer.conv = "fft"
     m_exact, _ = layer(x)
     h = layer.memory.impulse(steps, torch.float64, torch.device("cpu"))
     taps = truncation_length(h, tol)
@@ -244,27 +253,22 @@ def test_truncation_length_drops_a_tail_below_the_tolerance() -> None:
 
 # -- auto mode and caching -----------------------------------------------------------------------
 def test_auto_rule() -> None:
-    assert choose_lmu_mode(1) == "raw"
-    assert choose_lmu_mode(RAW_FFT_CROSSOVER - 1) == "raw"
-    assert choose_lmu_mode(RAW_FFT_CROSSOVER) == "fft"
-    assert choose_lmu_mode(10_000) == "fft"
-    assert choose_lmu_mode(5, return_sequences=False) == "final"
-    assert choose_lmu_mode(100, crossover=200) == "raw"
     layer = ParallelLMU(1, 4, order=4, theta=8)
-    assert layer.mode == "auto" and layer.resolve_mode(RAW_FFT_CROSSOVER) == "fft"
-    layer.mode = "parallel"
-    assert layer.resolve_mode(3) == "raw"
+    assert layer.mode == "parallel" and layer.conv == "auto" and layer.readout == "sequence"
+    assert layer.resolve_conv(DIRECT_FFT_CROSSOVER) == "fft"
+    assert layer.resolve_conv(DIRECT_FFT_CROSSOVER - 1) == "direct"
+    layer.conv = "fft"
+    assert layer.resolve_conv(3) == "fft"
 
 
-def test_return_sequences_false_gives_the_last_step() -> None:
+def test_final_readout_gives_the_last_step() -> None:
     torch.manual_seed(0)
-    layer = ParallelLMU(2, 4, order=6, theta=12, return_sequences=False, dtype=torch.float64)
+    layer = ParallelLMU(2, 4, order=6, theta=12, readout="final", dtype=torch.float64)
     x = torch.randn(3, 50, 2, dtype=torch.float64)
-    assert layer.resolve_mode(50) == "final"
     y_last, s_last = layer(x)
     layer.mode = "recurrent"
     y_rec, s_rec = layer(x)
-    layer.return_sequences, layer.mode = True, "fft"
+    layer.readout, layer.mode, layer.conv = "sequence", "parallel", "fft"
     y_full, _ = layer(x)
     assert y_last.shape == y_rec.shape == (3, 1, 4)
     torch.testing.assert_close(y_last, y_full[:, -1:], rtol=1e-10, atol=1e-10)
@@ -273,7 +277,7 @@ def test_return_sequences_false_gives_the_last_step() -> None:
 
 
 def test_impulse_response_is_built_per_length_and_not_saved() -> None:
-    layer = ParallelLMU(1, 4, order=4, theta=8, mode="fft")
+    layer = ParallelLMU(1, 4, order=4, theta=8, conv="fft")
     layer(torch.randn(1, 10, 1))
     y_long, _ = layer(torch.randn(1, 3000, 1))
     assert y_long.shape == (1, 3000, 4)
@@ -313,8 +317,8 @@ def test_lmu_without_feedback_is_the_parallel_layer() -> None:
     y_par, s_par = layer(x)
     torch.testing.assert_close(y_par, y_cell, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(s_par.m, s_cell.m, rtol=1e-10, atol=1e-10)
-    layer.mode = "fft"
-    assert layer.core.mode == "fft"
+    layer.mode, layer.backend = "recurrent", "naive"
+    assert layer.core.mode == "recurrent" and layer.core.backend == "naive"
 
 
 @pytest.mark.parametrize("flag", ["hidden_to_memory", "memory_to_memory", "hidden_to_hidden"])
@@ -372,9 +376,17 @@ def test_bad_hyperparameters_are_refused(cls: type) -> None:
 
 def test_parallel_layer_errors() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown mode 'fast'; expected one of \('parallel', 'auto'"
+        ValueError, match=r"unknown mode 'fft'; expected one of \('parallel', 'recurrent'\)"
     ):
-        ParallelLMU(1, 4, order=4, theta=8, mode="fast")
+        ParallelLMU(1, 4, order=4, theta=8, mode="fft")
+    with pytest.raises(ValueError, match=r"unknown conv 'raw'; expected one of \('auto', 'fft'"):
+        ParallelLMU(1, 4, order=4, theta=8, conv="raw")
+    with pytest.raises(ValueError, match=r"unknown readout 'last'; expected one of \('sequence'"):
+        ParallelLMU(1, 4, order=4, theta=8, readout="last")
+    with pytest.raises(ValueError, match="unknown backend 'fast'; expected one of"):
+        ParallelLMU(1, 4, order=4, theta=8, backend="fast")
+    with pytest.raises(RuntimeError, match="'numba' backend of op 'lti' is not available"):
+        ParallelLMU(1, 4, order=4, theta=8, backend="numba")(torch.zeros(1, 3, 1))
     with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
         ParallelLMU(1, 4, order=4, theta=8, memory_activation="sigmoid")
     with pytest.raises(ValueError, match="`memory_d` must be a positive int"):

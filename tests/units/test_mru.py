@@ -97,8 +97,9 @@ def test_constant_threshold_gets_a_gradient():
 
 
 def test_internal_clock_equilibrium_sign_equals_the_bmru_state():
-    # SPEC 2.2: iterate tanh(a h + c) from the previous state until it settles; its sign is the
-    # BMRU state with threshold beta(a) = a h_f - atanh(h_f), h_f = sqrt(1 - 1/a).
+    # The clock picture of docs/units/mru.md: iterate tanh(a h + c) from the previous state
+    # until it settles; its sign is the BMRU state with threshold beta(a) = a h_f - atanh(h_f),
+    # h_f = sqrt(1 - 1/a).
     a = 2.0
     beta = bistable_threshold(a)
     h_f = math.sqrt(1 - 1 / a)

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-import memrnn.units.src as src_module
-from memrnn.units import src_native
-from memrnn.units.src import SRC, SRCState, spike_stats, src_loop
+from memrnn.ops.src import numba as src_native
+from memrnn.units.src import SRC, SRCState, spike_stats
 from memrnn.viz.spikes import raster_plot
 
 needs_numba = pytest.mark.skipif(not src_native.AVAILABLE, reason="needs numba")
@@ -85,7 +84,7 @@ def _run_cell(cell: SRC, x: torch.Tensor, backend: str, state: SRCState):
     return y, s, g
 
 
-@pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_numba), "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("numba", marks=needs_numba), "torch"])
 @pytest.mark.parametrize("straight_through", [False, True])
 @pytest.mark.parametrize("detach_recurrence", [False, True])
 @pytest.mark.parametrize("T", [1, 7, 63])
@@ -103,7 +102,7 @@ def test_backend_equals_step_loop(backend, straight_through, detach_recurrence, 
     # Away from rest, so that the state gradients see the whole hs gate, not its flat tail.
     state = SRCState(*(t + 0.3 * torch.rand_like(t) for t in cell.init_state(3)))
     y1, s1, g1 = _run_cell(cell, x, backend, state)
-    y2, s2, g2 = _run_cell(cell, x, "loop", state)
+    y2, s2, g2 = _run_cell(cell, x, "naive", state)
     if T == 63:
         assert y1.abs().max() > 0.5
     torch.testing.assert_close(y1, y2, atol=1e-10, rtol=0)
@@ -114,83 +113,6 @@ def test_backend_equals_step_loop(backend, straight_through, detach_recurrence, 
             assert a is None or a.abs().max() == 0
         else:
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
-
-
-@needs_numba
-def test_native_gradcheck():
-    # Default options only: straight-through and detached gradients are not the true gradient
-    # by design; test_backend_equals_step_loop checks them against the step loop instead.
-    gen = torch.Generator().manual_seed(0)
-    c = src_module.SRCConstants(0.9, 3.0, 2.0, -7.0, 0.9, 0.0, False, False)
-    u = (3.0 * torch.rand(2, 12, 3, generator=gen, dtype=torch.float64)).requires_grad_()
-    i0 = (0.5 * torch.randn(2, 3, generator=gen, dtype=torch.float64)).requires_grad_()
-    h0 = (0.5 * torch.rand(2, 3, generator=gen, dtype=torch.float64) - 0.9).requires_grad_()
-    hs0 = (0.5 * torch.rand(2, 3, generator=gen, dtype=torch.float64) - 0.9).requires_grad_()
-    bias = torch.full((3,), -5.0, dtype=torch.float64, requires_grad=True)
-    y, *_ = src_native.src_native_loop(u, i0, h0, hs0, bias, c)
-    assert y.max() > 0.5
-    assert torch.autograd.gradcheck(
-        lambda *a: src_native.src_native_loop(*a, c), (u, i0, h0, hs0, bias), atol=1e-7
-    )
-
-
-@needs_numba
-def test_native_kernel_threaded_equals_serial(monkeypatch):
-    torch.manual_seed(2)
-    cell = SRC(5, 70, weight_gain=4.0, backend="native").double()
-    x = (torch.rand(9, 40, 5, dtype=torch.float64) < 0.3).double()
-    state = cell.init_state(9)
-    results = []
-    for threshold in (0, 1 << 40):
-        monkeypatch.setattr(src_native, "PARALLEL_MIN_ELEMENTS", threshold)
-        results.append(_run_cell(cell, x, "native", state))
-    (y1, s1, g1), (y2, s2, g2) = results
-    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(s1, s2, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
-
-
-@needs_numba
-def test_native_without_grad_matches_with_grad():
-    torch.manual_seed(3)
-    cell = SRC(4, 8, weight_gain=4.0, backend="native")
-    x = (torch.rand(2, 50, 4) < 0.3).float()
-    y1, s1 = cell(x)
-    with torch.no_grad():
-        y2, s2 = cell(x)
-    assert y1.requires_grad and not y2.requires_grad
-    assert torch.equal(y1.detach(), y2)
-    assert all(torch.equal(a.detach(), b) for a, b in zip(s1, s2, strict=True))
-
-
-@pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_numba), "torch"])
-def test_functional_loops_agree_float32(backend):
-    torch.manual_seed(1)
-    cell = SRC(4, 8, weight_gain=4.0)
-    u = torch.nn.functional.linear((torch.rand(2, 100, 4) < 0.3).float(), cell.weight_s)
-    u.requires_grad_()
-    state = cell.init_state(2)
-    results = []
-    for b in (backend, "loop"):
-        y, s = src_loop(u, state, cell.effective_bias_h, cell.constants, b)
-        (gu,) = torch.autograd.grad((y * torch.linspace(-1, 1, 8)).sum() + s.h.sum(), [u])
-        results.append((y, gu))
-    (y1, g1), (y2, g2) = results
-    assert y2.max() > 0.5
-    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=0)
-    torch.testing.assert_close(g1, g2, atol=1e-5 * g2.abs().max().item(), rtol=1e-5)
-
-
-def test_auto_backend_choice(monkeypatch):
-    cpu = torch.device("cpu")
-    assert src_module.resolve_backend(cpu, torch.bfloat16) == "torch"
-    expected = "native" if src_native.AVAILABLE else "torch"
-    assert src_module.resolve_backend(cpu, torch.float64) == expected
-    # A kernel that fails its probe (here: numba missing at run time) is not used.
-    monkeypatch.setattr(src_module, "_NATIVE_OK", {})
-    monkeypatch.setattr(src_native, "_check", lambda t: (_ for _ in ()).throw(RuntimeError("x")))
-    assert src_module.resolve_backend(cpu, torch.float32) == "torch"
-    y, _ = SRC(3, 4)(torch.rand(2, 5, 3))
-    assert y.shape == (2, 5, 4)
 
 
 def test_clamp_holds_after_optimiser_steps():
@@ -216,11 +138,8 @@ def test_constructor_errors():
         SRC(2, 3, bias_init=-3.0)
     with pytest.raises(ValueError, match="recurrent-only"):
         SRC(2, 3, mode="parallel")
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="SRC: unknown backend 'cuda'; expected one of"):
         SRC(2, 3, backend="cuda")
-    with pytest.raises(ValueError, match="backend"):
-        cell = SRC(2, 3)
-        src_loop(torch.zeros(1, 2, 3), cell.init_state(1), torch.zeros(3), cell.constants, "x")
 
 
 def test_spike_stats_counts_onsets():

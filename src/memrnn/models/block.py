@@ -1,4 +1,4 @@
-"""The pre-norm residual block that stacks any registered unit (SPEC §2.4).
+"""The pre-norm residual block that stacks any registered unit.
 
     x̂ <- [Conv(Norm(x)), p]                  conv and positional code p optional
     u <- Unit(x̂)

@@ -145,7 +145,8 @@ register_model(
     unit="nbrc",
     **SMALL,
 )
-# Chilkuri & Eliasmith (ICML 2021), psMNIST: order 468, 346 hidden units, theta = 784 (SPEC §4.3).
+# Chilkuri & Eliasmith (ICML 2021), psMNIST: order 468, 346 hidden units, theta = 784
+# (docs/units/lmu.md).
 register_model(
     "lmu-psmnist",
     "parallel LMU psMNIST classifier (order 468, hidden 346, theta 784) with a linear readout",

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from memrnn.ops.dispatch import BACKENDS
+
 
 class UsageError(Exception):
     """A mistake in how memrnn was called (config, names, paths); the CLI prints it on one
@@ -71,6 +73,8 @@ class TrainConfig:
     dtype: parameter dtype, "float32" or "float64" (e.g. for exact equivalence checks).
     precision: "fp32", or "bf16" (CUDA only): autocast to bfloat16 around the model, with
         the recurrent units (their parameters and scans) kept in float32.
+    backend: the backend of every recurrent unit's op ("auto", "naive", "torch", "numba",
+        "triton"; see `memrnn.ops.dispatch`).
     skip_nonfinite_grads: skip (and count) optimiser steps whose loss or gradients are not
         finite, instead of stopping the run.
     debug_nan_at_step: testing aid: make the gradients of this step NaN.
@@ -113,6 +117,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     precision: str = "fp32"
+    backend: str = "auto"
     skip_nonfinite_grads: bool = False
     debug_nan_at_step: int | None = None
     resume: bool = False
@@ -344,7 +349,7 @@ def check_config(c: TrainConfig) -> None:
                 parse_ramp(key, getattr(c, key))
             except ValueError as err:
                 raise UsageError(str(err)) from None
-    for key, choices in (("dtype", DTYPES), ("precision", PRECISIONS)):
+    for key, choices in (("dtype", DTYPES), ("precision", PRECISIONS), ("backend", BACKENDS)):
         if getattr(c, key) not in choices:
             raise UsageError(
                 f"config key {key!r} must be one of {', '.join(choices)}, got {getattr(c, key)!r}"

@@ -90,6 +90,7 @@ from memrnn.train.runfolder import (
 )
 from memrnn.train.schedules import UnitSchedules
 from memrnn.units import is_no_weight_decay
+from memrnn.units.base import set_backend
 
 
 @dataclass
@@ -532,6 +533,7 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
         schedules.check(model)
     except (ValueError, TypeError) as err:
         raise UsageError(_one_line(err)) from None
+    set_backend(model, config.backend)
     if info.distributed:
         # Same initial weights on every rank (above), but independent dropout masks.
         torch.manual_seed(shard_generator_seed(config.seed, info.rank))

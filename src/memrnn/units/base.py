@@ -4,7 +4,8 @@ A unit is an `nn.Module` with
     forward(x, state=None, lengths=None) -> (y, state)     x: (B, T, D)  -> y: (B, T, H)
     step(x_t, state)       -> (y_t, state)   x_t: (B, D)   -> y_t: (B, H)
     init_state(batch_size, device=None, dtype=None) -> State (a NamedTuple)
-and, where its math allows, `mode="parallel" | "recurrent"`. `RecurrentUnit` implements the
+and, where its math allows, `mode="parallel" | "recurrent"`; every unit takes `backend="auto"`,
+the implementation of its op (`memrnn.ops.dispatch.BACKENDS`). `RecurrentUnit` implements the
 input and state checks, the mode switch and the step-by-step forward once, so that a unit only
 writes `init_state`, `step` and (when it has one) `_forward_parallel`.
 
@@ -26,6 +27,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
+
+from memrnn.ops.dispatch import check_backend
 
 # Parameters carrying this attribute (set to True) are excluded from weight decay.
 NO_WEIGHT_DECAY = "_memrnn_no_weight_decay"
@@ -79,7 +82,7 @@ def _recurrence_in_float32(method: Callable[..., Any]) -> Callable[..., Any]:
     """Under autocast, runs a unit's forward/step with autocast off and half inputs upcast.
 
     Mixed precision speeds up the projections around a unit, but decays, gates, thresholds and
-    scan accumulation must stay in float32 (SPEC.md section 3.1): a bfloat16 decay of 0.999
+    scan accumulation must stay in float32 (docs/units/lru.md): a bfloat16 decay of 0.999
     rounds to 1.0. Applied to `forward` and `step` of every RecurrentUnit subclass, so a unit
     called from any code, not only the training loop, keeps its recurrence in float32.
     """
@@ -124,9 +127,11 @@ class RecurrentUnit(nn.Module):
         hidden_size: int,
         output_size: int | None = None,
         mode: str | None = None,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         owner = type(self).__name__
+        self.backend = backend
         self.input_size = check_positive_int("input_size", input_size, owner)
         self.hidden_size = check_positive_int("hidden_size", hidden_size, owner)
         self.output_size = (
@@ -153,6 +158,15 @@ class RecurrentUnit(nn.Module):
                 f"{type(self).__name__}: unknown mode {value!r}; expected one of {self.modes}{only}"
             )
         self._mode = value
+
+    @property
+    def backend(self) -> str:
+        """The backend of the unit's op: "auto", "naive", "torch", "numba" or "triton"."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value, type(self).__name__)
 
     # -- to implement -------------------------------------------------------------------------
     def init_state(
@@ -392,8 +406,16 @@ class RecurrentUnit(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
-            f"output_size={self.output_size}, mode={self.mode!r}"
+            f"output_size={self.output_size}, mode={self.mode!r}, backend={self.backend!r}"
         )
+
+
+def set_backend(model: nn.Module, backend: str) -> None:
+    """Sets `backend` on every recurrent unit inside `model` (itself included)."""
+    check_backend(backend, "set_backend")
+    for module in model.modules():
+        if isinstance(module, RecurrentUnit):
+            module.backend = backend
 
 
 def _map_state(fn: Callable[..., Tensor], *states: Any) -> Any:
@@ -441,5 +463,6 @@ __all__ = [
     "index_state",
     "last_valid",
     "scatter_state",
+    "set_backend",
     "where_state",
 ]

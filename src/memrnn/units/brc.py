@@ -1,7 +1,7 @@
 """Bistable recurrent cells: BRC and nBRC, nonlinear RNNs with persistent (bistable) memory.
 
 Vecoven, Ernst, Drion, "A bio-inspired bistable recurrent cell allows for long-lasting memory",
-PLOS ONE 16(6), 2021, https://doi.org/10.1371/journal.pone.0252676 (SPEC.md section 3.3):
+PLOS ONE 16(6), 2021, https://doi.org/10.1371/journal.pone.0252676 (docs/units/brc.md):
 
     a_t = 1 + tanh(U_a x_t + w_a ⊙ h_{t−1} + b_a),   c_t = σ(U_c x_t + w_c ⊙ h_{t−1} + b_c)
     h_t = c_t ⊙ h_{t−1} + (1 − c_t) ⊙ tanh(U x_t + a_t ⊙ h_{t−1} + b)
@@ -11,8 +11,8 @@ points depending on where it started, and holds it indefinitely. nBRC ("neuromod
 replaces the per-neuron feedbacks w_a ⊙ h, w_c ⊙ h with full matrices W_a h, W_c h.
 
 The recurrence is nonlinear in h, so both cells are recurrent-only. The input terms
-U_a x, U_c x, U x are computed for the whole sequence in one matmul before the time loop, which
-on CPU runs in compiled kernels (`memrnn.units.brc_native`), else as torch ops per step.
+U_a x, U_c x, U x are computed for the whole sequence in one matmul before the time loop, the
+op `memrnn.ops.brc.bistable_layer` (on CPU compiled kernels, else torch ops per step).
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memrnn.units import brc_native
-from memrnn.units.base import RecurrentUnit, check_choice, register_unit
-
-BACKENDS = ("auto", "native", "loop")
+from memrnn.ops.brc import bistable_cell, bistable_layer
+from memrnn.units.base import RecurrentUnit, register_unit
 
 
 class BRCState(NamedTuple):
@@ -49,8 +47,7 @@ class _BistableCell(RecurrentUnit):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, mode)
-        self.backend = check_choice("backend", backend, BACKENDS, type(self).__name__)
+        super().__init__(input_size, hidden_size, output_size, mode, backend)
         factory = {"device": device, "dtype": dtype}
         # Rows [0, H): U_a, [H, 2H): U_c, [2H, 3H): U.
         self.in_proj = nn.Linear(input_size, 3 * hidden_size, **factory)
@@ -65,12 +62,8 @@ class _BistableCell(RecurrentUnit):
             nn.init.xavier_uniform_(block)
         nn.init.zeros_(self.in_proj.bias)
 
-    def _feedback(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """The memory terms of a_t and c_t for h (B, H)."""
-        raise NotImplementedError
-
     def _feedback_weight(self) -> Tensor:
-        """The feedback's parameters as `brc_native.bistable_layer` takes them."""
+        """The feedback's parameters as `memrnn.ops.brc.bistable_layer` takes them."""
         raise NotImplementedError
 
     def init_state(
@@ -83,37 +76,17 @@ class _BistableCell(RecurrentUnit):
         dtype = self._param_dtype() if dtype is None else dtype
         return BRCState(torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype))
 
-    def _cell(self, drive: Tensor, h: Tensor) -> Tensor:
-        """One update from the precomputed input terms `drive` (B, 3H) and h (B, H)."""
-        in_a, in_c, in_h = drive.chunk(3, dim=-1)
-        fb_a, fb_c = self._feedback(h)
-        a = 1 + torch.tanh(in_a + fb_a)
-        c = torch.sigmoid(in_c + fb_c)
-        return c * h + (1 - c) * torch.tanh(in_h + a * h)
-
     def _output(self, h: Tensor) -> Tensor:
         return h if self.out_proj is None else self.out_proj(h)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
-
     def _forward_recurrent(self, x: Tensor, state: BRCState) -> tuple[Tensor, BRCState]:
         drive = self.in_proj(x)  # (B, T, 3H)
-        weight = self._feedback_weight()
-        if self.backend == "native" or (
-            self.backend == "auto" and brc_native.native_supported(drive, state.h, weight)
-        ):
-            hs = brc_native.bistable_layer(drive, state.h, weight, self.dense_feedback)
-            return self._output(hs), BRCState(hs[:, -1])
-        h = state.h
-        hs = []
-        for drive_t in drive.unbind(1):
-            h = self._cell(drive_t, h)
-            hs.append(h)
-        return self._output(torch.stack(hs, dim=1)), BRCState(h)
+        h0 = state.h.to(drive.dtype)
+        hs = bistable_layer(drive, h0, self._feedback_weight(), self.dense_feedback, self.backend)
+        return self._output(hs), BRCState(hs[:, -1])
 
     def _step(self, x_t: Tensor, state: BRCState) -> tuple[Tensor, BRCState]:
-        h = self._cell(self.in_proj(x_t), state.h)
+        h = bistable_cell(self.in_proj(x_t), state.h, self._feedback_weight(), self.dense_feedback)
         return self._output(h), BRCState(h)
 
 
@@ -133,9 +106,9 @@ class BRC(_BistableCell):
         output_size: features of y; None (default) returns h, otherwise an output linear
             projection H -> output_size is added.
         mode: "recurrent" (default and only mode).
-        backend: how a sequence runs: "native", compiled kernels for the whole sequence
-            (`memrnn.units.brc_native`; CPU, float32/float64, numba), "loop", a torch loop of
-            `step`'s update, or "auto" (default), "native" where it runs, else "loop".
+        backend: how a sequence runs, the backend of the op `memrnn.ops.brc`: "numba",
+            compiled kernels for the whole sequence (CPU, float32/float64), "naive", a torch
+            loop of `step`'s update, or "auto" (default), "numba" where it runs, else "naive".
         device, dtype: of the parameters.
 
     Shapes:
@@ -176,9 +149,6 @@ class BRC(_BistableCell):
         nn.init.ones_(self.w_a)
         nn.init.ones_(self.w_c)
 
-    def _feedback(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        return self.w_a * h, self.w_c * h
-
     def _feedback_weight(self) -> Tensor:
         return torch.stack([self.w_a, self.w_c])  # (2, H)
 
@@ -199,9 +169,9 @@ class NBRC(_BistableCell):
         output_size: features of y; None (default) returns h, otherwise an output linear
             projection H -> output_size is added.
         mode: "recurrent" (default and only mode).
-        backend: how a sequence runs: "native", compiled kernels for the whole sequence
-            (`memrnn.units.brc_native`; CPU, float32/float64, numba), "loop", a torch loop of
-            `step`'s update, or "auto" (default), "native" where it runs, else "loop".
+        backend: how a sequence runs, the backend of the op `memrnn.ops.brc`: "numba",
+            compiled kernels for the whole sequence (CPU, float32/float64), "naive", a torch
+            loop of `step`'s update, or "auto" (default), "numba" where it runs, else "naive".
         device, dtype: of the parameters.
 
     Shapes:
@@ -251,10 +221,6 @@ class NBRC(_BistableCell):
     @property
     def W_c(self) -> Tensor:
         return self.memory_weight[self.hidden_size :]
-
-    def _feedback(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        fb = h @ self.memory_weight.T  # (B, 2H)
-        return fb.chunk(2, dim=-1)
 
     def _feedback_weight(self) -> Tensor:
         return self.memory_weight  # (2H, H)

@@ -3,7 +3,7 @@
 Hochreiter & Schmidhuber, "Long short-term memory", Neural Computation 1997,
 https://doi.org/10.1162/neco.1997.9.8.1735; Cho et al., "Learning phrase representations using
 RNN encoder-decoder for statistical machine translation", EMNLP 2014,
-https://arxiv.org/abs/1406.1078. The equations are torch.nn's (SPEC.md section 3.3).
+https://arxiv.org/abs/1406.1078. The equations are torch.nn's.
 
 Both are recurrent-only: `forward` runs the fused cuDNN/ATen kernel over the whole sequence
 and `step` runs the same module on a length-1 sequence, so the two agree exactly.
@@ -41,10 +41,11 @@ class _TorchRNN(RecurrentUnit):
         output_size: int | None,
         mode: str,
         bias: bool,
+        backend: str,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, mode)
+        super().__init__(input_size, hidden_size, output_size, mode, backend)
         self.rnn = rnn_cls(
             input_size, hidden_size, bias=bias, batch_first=True, device=device, dtype=dtype
         )
@@ -95,6 +96,8 @@ class LSTM(_TorchRNN):
         output_size: features of y; None (default) returns h, otherwise an output linear
             projection H -> output_size is added.
         mode: "recurrent" (default and only mode; forward still uses the fused kernel).
+        backend: accepted for the shared unit interface and checked; torch's own kernel
+            always runs.
         bias: whether the gates have biases (default True).
         device, dtype: of the parameters.
 
@@ -115,10 +118,13 @@ class LSTM(_TorchRNN):
         output_size: int | None = None,
         mode: str = "recurrent",
         bias: bool = True,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(nn.LSTM, input_size, hidden_size, output_size, mode, bias, device, dtype)
+        super().__init__(
+            nn.LSTM, input_size, hidden_size, output_size, mode, bias, backend, device, dtype
+        )
 
     def init_state(
         self,
@@ -150,6 +156,8 @@ class GRU(_TorchRNN):
         output_size: features of y; None (default) returns h, otherwise an output linear
             projection H -> output_size is added.
         mode: "recurrent" (default and only mode; forward still uses the fused kernel).
+        backend: accepted for the shared unit interface and checked; torch's own kernel
+            always runs.
         bias: whether the gates have biases (default True).
         device, dtype: of the parameters.
 
@@ -170,10 +178,13 @@ class GRU(_TorchRNN):
         output_size: int | None = None,
         mode: str = "recurrent",
         bias: bool = True,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(nn.GRU, input_size, hidden_size, output_size, mode, bias, device, dtype)
+        super().__init__(
+            nn.GRU, input_size, hidden_size, output_size, mode, bias, backend, device, dtype
+        )
 
     def init_state(
         self,

@@ -4,7 +4,7 @@ De Geeter, Lambrechts, Ernst, Drion, "Parallelizable memory recurrent units",
 arXiv 2601.09495 (2026), https://arxiv.org/abs/2601.09495: hybrid networks of MRUs and SSMs
 "are parallelizable and have transient dynamics as well as persistent memory".
 
-Two arrangements (SPEC section 2.4). Parallel branches, this module: both units read the same
+Two arrangements. Parallel branches, this module: both units read the same
 input and their outputs are combined,
 
     y_t = y^mru_t + y^ssm_t          (combine="sum")
@@ -83,6 +83,8 @@ class Hybrid(RecurrentUnit):
         mru_kwargs, ssm_kwargs: extra constructor arguments for branches given by name.
         mode: "parallel" or "recurrent"; setting it sets it on both branches. Parallel is
             available when both branches have it.
+        backend: the backend of the branches' ops (default "auto"); setting it sets it on
+            both branches.
 
     Shapes:
         x: (B, T, D) -> y: (B, T, output_size); state: HybridState(mru=..., ssm=...).
@@ -104,10 +106,11 @@ class Hybrid(RecurrentUnit):
         mru_kwargs: dict[str, Any] | None = None,
         ssm_kwargs: dict[str, Any] | None = None,
         mode: str | None = None,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, None)
+        super().__init__(input_size, hidden_size, output_size, None, backend)
         self.combine = check_choice("combine", combine, COMBINES, "Hybrid")
         factory = {"device": device, "dtype": dtype}
         # Summed branches must each produce y's width; concatenated ones keep their own.
@@ -127,6 +130,8 @@ class Hybrid(RecurrentUnit):
             self.proj = nn.Linear(width, self.output_size, **factory)
         self.modes = tuple(m for m in self.mru.modes if m in self.ssm.modes)
         self.mode = self.modes[0] if mode is None else mode
+        if backend != "auto":
+            self.backend = backend
 
     @property
     def mode(self) -> str:
@@ -135,10 +140,22 @@ class Hybrid(RecurrentUnit):
     @mode.setter
     def mode(self, value: str) -> None:
         RecurrentUnit.mode.fset(self, value)
+        self._set_on_parts("mode", value)
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        RecurrentUnit.backend.fset(self, value)
+        self._set_on_parts("backend", value)
+
+    def _set_on_parts(self, name: str, value: str) -> None:
         # During RecurrentUnit.__init__ the branches do not exist yet.
         for part in (self._modules.get("mru"), self._modules.get("ssm")):
             if part is not None:
-                part.mode = value
+                setattr(part, name, value)
 
     def init_state(
         self,

@@ -5,7 +5,7 @@ Recurrent Neural Networks", NeurIPS 2019 (https://papers.nips.cc/paper/9689); Ch
 Eliasmith, "Parallelizing Legendre Memory Unit Training", ICML 2021
 (https://arxiv.org/abs/2102.11417).
 
-Memory (SPEC.md 4.1). The continuous system θ ṁ = A m + B u with
+Memory (docs/units/lmu.md). The continuous system θ ṁ = A m + B u with
     A[i, j] = (2i + 1) · (−1 if i < j else (−1)^(i−j+1)),   B[i] = (2i + 1)(−1)^i,   i, j < d,
 compresses the window u(t − θ .. t) onto d shifted Legendre polynomials:
 u(t − rθ) ≈ Σ_i P_i(2r − 1) m_i(t) for r in [0, 1] (`lmu_decode`). Discretised per step:
@@ -14,15 +14,15 @@ u(t − rθ) ≈ Σ_i P_i(2r − 1) m_i(t) for r in [0, 1] (`lmu_decode`). Discr
     Euler:  Ā = I + A/θ,  B̄ = B/θ (stable only for θ of about 4d or more; a warning says so).
 The recurrence m_t = Ā m_{t−1} + B̄ u_t is linear and time-invariant, so
     m_t = Ā^t m_0 + Σ_{j=0}^{t−1} H_j u_{t−j},     H_j = Ā^j B̄  (the impulse response),
-a causal convolution (memrnn.scan.fft) plus the free response of the carried state. The
+a causal convolution (the op `memrnn.ops.lti`) plus the free response of the carried state. The
 parallel layer never forms every m_t: W_m m_t = Σ_j (W_m H_j) u_{t−j}, so it convolves u with
 the projected impulse response W_m H (built once per call, T·C·d·H work, independent of the
 batch) and gets the final memory m_T from one product of the reversed u with H.
 
-Parallel LMU (SPEC.md 4.3), one layer, C = memory_d channels sharing one memory system:
+Parallel LMU, one layer, C = memory_d channels sharing one memory system:
     u_t = f1(U x_t + b_u) ∈ ℝ^C,   m_t = Ā m_{t−1} + B̄ u_t (per channel),
     o_t = f2(W_m m_t + W_x x_t + b_o)           (m_t flattened to C·d features).
-Original LMU cell (SPEC.md 4.2):
+Original LMU cell:
     u_t = e_xᵀ x_t + e_hᵀ h_{t−1} + e_mᵀ m_{t−1},   m_t = Ā m_{t−1} + B̄ u_t,
     h_t = f(W_x x_t + W_h h_{t−1} + W_m m_t + b).
 
@@ -37,7 +37,7 @@ Choices marked (ours): the hidden bias b of the cell; default activations (f1 = 
 f2 = tanh); the fixed matrices Ā, B̄ are non-persistent buffers (recomputed from order, θ
 and the discretiser, so they are not in state_dict); the impulse response and the powers
 Ā^(2^i) are built on demand for the length a call needs and kept in a small LRU cache on the
-module (not buffers, not saved); `final` mode returns only the last step's output.
+module (not buffers, not saved); `readout="final"` returns only the last step's output.
 """
 
 from __future__ import annotations
@@ -51,23 +51,21 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memrnn.scan.fft import direct_causal_conv, fft_causal_conv
+from memrnn.ops.lti import causal_conv, choose_method
 from memrnn.units.base import RecurrentUnit, check_choice, check_positive_int, register_unit
 
 DISCRETIZERS = ("zoh", "euler")
 ACTIVATIONS = ("identity", "relu", "tanh", "gelu")
-# "parallel" comes first, as in every parallelizable unit (the contract tests and hybrids rely on
-# it); the constructor default is still "auto".
-LMU_MODES = ("parallel", "auto", "fft", "raw", "final", "recurrent")
-# Below this many steps `mode="auto"` uses the direct convolution ("raw"). Measured with
-# `python -m benchmarks.lmu --crossover` (training step, B = 32, orders 8, 64, 468, 2-core CPU):
-# raw was faster up to T = 96, the FFT from T = 128 to 256 on.
-RAW_FFT_CROSSOVER = 128
+# How the parallel layer convolves ("auto": `memrnn.ops.lti.choose_method` per call).
+CONVS = ("auto", "fft", "direct")
+# What a call returns: every step, or only the last (then only m_T is computed).
+READOUTS = ("sequence", "final")
 
 
 # -- the memory system ---------------------------------------------------------------------------
 def legendre_matrices(order: int) -> tuple[Tensor, Tensor]:
-    """The continuous-time Legendre system (A, B), float64, shapes (d, d) and (d,) (SPEC 4.1)."""
+    """The continuous-time Legendre system (A, B), float64, shapes (d, d) and (d,)
+    (docs/units/lmu.md)."""
     order = check_positive_int("order", order, "legendre_matrices")
     i = torch.arange(order, dtype=torch.float64)
     rows, cols = i[:, None], i[None, :]
@@ -274,16 +272,6 @@ class LegendreMemory:
         return out
 
 
-def choose_lmu_mode(
-    seq_len: int, return_sequences: bool = True, crossover: int = RAW_FFT_CROSSOVER
-) -> str:
-    """The rule behind `mode="auto"`: "final" when only the last step is wanted, else the
-    direct convolution ("raw") below `crossover` steps and the FFT ("fft") from there on."""
-    if not return_sequences:
-        return "final"
-    return "raw" if seq_len < crossover else "fft"
-
-
 def _activation(name: str, owner: str) -> nn.Module:
     check_choice("activation", name, ACTIVATIONS, owner)
     return {"identity": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[name]()
@@ -331,7 +319,7 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
     u_t = f1(U x_t + b_u);  m_t = Ā m_{t−1} + B̄ u_t (per channel);
     o_t = f2(W_m m_t + W_x x_t + b_o).
     The memory is a causal convolution with the impulse response H_j = Ā^j B̄ plus the free
-    response Ā^t m_0 of a carried state, so chunked calls equal one call in every mode.
+    response Ā^t m_0 of a carried state, so chunked calls equal one call in every setting.
 
     Args:
         input_size: D, features per step.
@@ -339,22 +327,23 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         order: d, Legendre polynomials per memory channel.
         theta: θ, the memory window in steps.
         memory_d: C, memory channels (default 1), all sharing Ā, B̄.
-        mode: "auto" (default: `choose_lmu_mode` per call), "parallel" (the same rule but
-            never "final": the name every parallelizable unit shares, so stacks and hybrids
-            can switch all units at once), "fft" (FFT convolution, padded to 2T), "raw"
-            (direct convolution, optionally truncated), "final" (only m_T, one matrix
-            product with the reversed u; returns the last step only, y: (B, 1, H)),
-            "recurrent" (step by step, same weights). "parallel" is first in `modes`, as
-            for every parallelizable unit; the constructor default is "auto".
+        mode: "parallel" (default: the convolution) or "recurrent" (step by step, same
+            weights).
+        conv: how the parallel mode convolves: "auto" (default: the direct convolution below
+            `memrnn.ops.lti.DIRECT_FFT_CROSSOVER` steps, the FFT from there on), "fft" (padded
+            to 2T) or "direct" (a sliding window, optionally truncated).
+        readout: "sequence" (default, y: (B, T, H)) or "final" (the last step only,
+            y: (B, 1, H); the parallel mode then computes only m_T, one matrix product with
+            the reversed u).
         memory_activation: f1, one of "identity" (default), "relu", "tanh", "gelu".
         hidden_activation: f2, same choices, default "tanh".
         discretizer: "zoh" (default) or "euler".
-        truncation_tol: raw mode keeps the fewest taps whose dropped tail has relative norm
-            ≤ tol (`truncation_length` states the error bound); None (default) keeps all.
+        truncation_tol: the direct convolution keeps the fewest taps whose dropped tail has
+            relative norm ≤ tol (`truncation_length` states the error bound); None (default)
+            keeps all.
         input_skip: include W_x x_t (default True).
         encoder_bias: include b_u (default True).
-        return_sequences: False makes every mode return the last step only, (B, 1, H), and
-            lets "auto" pick "final" (default True).
+        backend: the backend of the convolution op, `memrnn.ops.lti` (default "auto").
 
     Shapes: x (B, T, D) -> y (B, T, H) (or (B, 1, H), see above); state LMUState(m: (B, C, d)).
 
@@ -365,8 +354,6 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         >>> assert y.shape == (4, 300, 32) and state.m.shape == (4, 1, 16)
     """
 
-    modes = LMU_MODES
-
     def __init__(
         self,
         input_size: int,
@@ -374,18 +361,20 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         order: int,
         theta: float,
         memory_d: int = 1,
-        mode: str = "auto",
+        mode: str = "parallel",
+        conv: str = "auto",
+        readout: str = "sequence",
         memory_activation: str = "identity",
         hidden_activation: str = "tanh",
         discretizer: str = "zoh",
         truncation_tol: float | None = None,
         input_skip: bool = True,
         encoder_bias: bool = True,
-        return_sequences: bool = True,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, mode=mode)
+        super().__init__(input_size, hidden_size, mode=mode, backend=backend)
         owner = type(self).__name__
         self.order = check_positive_int("order", order, owner)
         self.theta = _check_theta(theta, owner)
@@ -398,7 +387,8 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
                 f"{owner}: `truncation_tol` must be None or in [0, 1), got {truncation_tol!r}"
             )
         self.truncation_tol = truncation_tol
-        self.return_sequences = bool(return_sequences)
+        self.conv = check_choice("conv", conv, CONVS, owner)
+        self.readout = check_choice("readout", readout, READOUTS, owner)
         self.memory_activation = _activation(memory_activation, owner)
         self.hidden_activation = _activation(hidden_activation, owner)
         factory = {"device": device, "dtype": dtype}
@@ -421,13 +411,9 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
             torch.zeros(batch_size, self.memory_d, self.order, device=device, dtype=dtype)
         )
 
-    def resolve_mode(self, seq_len: int) -> str:
-        """The mode a call with `seq_len` steps runs in."""
-        if self.mode == "auto":
-            return choose_lmu_mode(seq_len, self.return_sequences)
-        if self.mode == "parallel":
-            return choose_lmu_mode(seq_len, return_sequences=True)
-        return self.mode
+    def resolve_conv(self, seq_len: int) -> str:
+        """The convolution ("fft" or "direct") a parallel call with `seq_len` steps runs."""
+        return choose_method(seq_len) if self.conv == "auto" else self.conv
 
     def _readout(self, m: Tensor, x: Tensor) -> Tensor:
         """o = f2(W_m m + W_x x + b_o) for m (..., C, d) and x (..., D)."""
@@ -443,7 +429,7 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
         return self._readout(m, x_t), LMUState(m)
 
     def _last_step_only(self) -> bool:
-        return not self.return_sequences or self.mode == "final"
+        return self.readout == "final"
 
     def forward(
         self, x: Tensor, state: LMUState | None = None, lengths: Tensor | None = None
@@ -460,35 +446,28 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
             # The convolution has no step to freeze: segments between the lengths, or the
             # masked step loop in recurrent mode (RecurrentUnit._forward_lengths).
             return self._forward_lengths(x, state, lengths)
-        mode = self.resolve_mode(steps)
+        last_only = self._last_step_only()
         # An empty batch (B = 0) takes the step loop: the FFT and reshapes reject it.
-        if mode == "recurrent" or batch == 0:
+        if self.mode == "recurrent" or batch == 0:
             y, state = self._forward_recurrent(x, state)
-            every_step = self.return_sequences and mode != "final"
-            return (y if every_step else y[:, -1:]), state
+            return (y[:, -1:] if last_only else y), state
         u = self.memory_activation(self.encoder(x))  # (B, T, C)
-        if mode == "final":
-            h = self.memory.impulse(steps, x.dtype, x.device)
-            # m_T = Σ_j H_j u_{T−j}: the reversed inputs times the impulse response.
-            m_last = u.flip(1).transpose(1, 2) @ h  # (B, C, d)
-            if carried:
-                m_last = m_last + self.memory.advance(state.m, steps)
-            return self._readout(m_last, x[:, -1]).unsqueeze(1), LMUState(m_last)
         h = self.memory.impulse(steps, x.dtype, x.device)
-        # The final memory is exact in every mode (truncation only touches the outputs).
+        # m_T = Σ_j H_j u_{T−j}: the reversed inputs times the impulse response, exact in every
+        # setting (truncation only touches the outputs).
         m_last = u.flip(1).transpose(1, 2) @ h  # (B, C, d)
         if carried:
             m_last = m_last + self.memory.advance(state.m, steps)
-        if not self.return_sequences:
+        if last_only:
             return self._readout(m_last, x[:, -1]).unsqueeze(1), LMUState(m_last)
-        if mode == "raw" and self.truncation_tol is not None:
+        method = self.resolve_conv(steps)
+        if method == "direct" and self.truncation_tol is not None:
             h = self.memory.impulse(steps, x.dtype, x.device, self.truncation_tol)
         # W_m m_t = Σ_j (W_m H_j) u_{t−j}: fold W_m into the impulse response (T·C·d·H work
         # once) rather than project every m_t (B·T·C·d·H work).
         weight = self.memory_out.weight.view(self.hidden_size, self.memory_d, self.order)
         g = torch.einsum("ld,hcd->lch", h, weight)  # (L, C, H)
-        conv = fft_causal_conv if mode == "fft" else direct_causal_conv
-        pre = conv(u, g) + self.memory_out.bias  # (B, T, H)
+        pre = causal_conv(u, g, method, self.backend) + self.memory_out.bias  # (B, T, H)
         if carried:
             free = self.memory.free_response(state.m, steps)  # (B, T, C, d)
             pre = pre + free.flatten(2) @ self.memory_out.weight.T
@@ -499,8 +478,8 @@ class ParallelLMU(_FixedMemoryMixin, RecurrentUnit):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, order={self.order}, theta={self.theta:g}, "
-            f"memory_d={self.memory_d}, truncation_tol={self.truncation_tol}, "
-            f"return_sequences={self.return_sequences}"
+            f"memory_d={self.memory_d}, conv={self.conv!r}, readout={self.readout!r}, "
+            f"truncation_tol={self.truncation_tol}"
         )
 
 
@@ -548,10 +527,11 @@ class LMUCell(_FixedMemoryMixin, RecurrentUnit):
         input_to_hidden: bool = True,
         hidden_to_hidden: bool = True,
         mode: str | None = None,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, mode=mode)
+        super().__init__(input_size, hidden_size, mode=mode, backend=backend)
         owner = type(self).__name__
         self.order = check_positive_int("order", order, owner)
         self.theta = _check_theta(theta, owner)
@@ -612,9 +592,10 @@ class LMU(RecurrentUnit):
     """LMU layer that runs in parallel whenever its configuration allows (see the module doc).
 
     With hidden_to_memory = memory_to_memory = hidden_to_hidden = False (no feedback), `core` is
-    a `ParallelLMU` (f1 = identity, no encoder bias, input skip = input_to_hidden) and every
+    a `ParallelLMU` (f1 = identity, no encoder bias, input skip = input_to_hidden) and the
     parallel mode is available; otherwise `core` is an `LMUCell` and the mode is "recurrent".
-    Arguments are those of `LMUCell`; `mode` and `truncation_tol` apply to the parallel core.
+    Arguments are those of `LMUCell`; `conv` and `truncation_tol` apply to the parallel core,
+    `mode` and `backend` to the core either way.
 
     Example:
         >>> layer = LMU(1, 32, order=8, theta=50, hidden_to_memory=False,
@@ -638,13 +619,15 @@ class LMU(RecurrentUnit):
         input_to_hidden: bool = True,
         hidden_to_hidden: bool = True,
         mode: str | None = None,
+        conv: str = "auto",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         self.feedback_free = not (hidden_to_memory or memory_to_memory or hidden_to_hidden)
         # The valid modes depend on the configuration, so they are set per instance.
         self.__dict__["modes"] = ParallelLMU.modes if self.feedback_free else LMUCell.modes
-        super().__init__(input_size, hidden_size)
+        super().__init__(input_size, hidden_size, backend=backend)
         if self.feedback_free:
             self.core: RecurrentUnit = ParallelLMU(
                 input_size,
@@ -652,12 +635,14 @@ class LMU(RecurrentUnit):
                 order,
                 theta,
                 memory_d,
+                conv=conv,
                 memory_activation="identity",
                 hidden_activation=hidden_activation,
                 discretizer=discretizer,
                 truncation_tol=truncation_tol,
                 input_skip=input_to_hidden,
                 encoder_bias=False,
+                backend=backend,
                 device=device,
                 dtype=dtype,
             )
@@ -674,6 +659,7 @@ class LMU(RecurrentUnit):
                 memory_to_memory,
                 input_to_hidden,
                 hidden_to_hidden,
+                backend=backend,
                 device=device,
                 dtype=dtype,
             )
@@ -685,6 +671,13 @@ class LMU(RecurrentUnit):
             self.core.mode = value
 
     mode = property(RecurrentUnit.mode.fget, _set_mode)
+
+    def _set_backend(self, value: str) -> None:
+        RecurrentUnit.backend.fset(self, value)
+        if "core" in self._modules:
+            self.core.backend = value
+
+    backend = property(RecurrentUnit.backend.fget, _set_backend)
 
     def init_state(
         self,
@@ -739,16 +732,15 @@ if __name__ == "__main__":
 
 __all__ = [
     "ACTIVATIONS",
+    "CONVS",
+    "READOUTS",
     "DISCRETIZERS",
     "LMU",
     "LMUCell",
     "LMUCellState",
     "LMUState",
-    "LMU_MODES",
     "LegendreMemory",
     "ParallelLMU",
-    "RAW_FFT_CROSSOVER",
-    "choose_lmu_mode",
     "impulse_response",
     "legendre_matrices",
     "legendre_system",

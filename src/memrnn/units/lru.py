@@ -1,12 +1,12 @@
 """Linear Recurrent Unit: a complex diagonal linear recurrence, stable by parametrisation.
 
 Orvieto, Smith, Gu, Fernando, Gulcehre, Pascanu, De, "Resurrecting recurrent neural networks
-for long sequences" (ICML 2023), https://arxiv.org/abs/2303.06349 (SPEC.md section 3.1):
+for long sequences" (ICML 2023), https://arxiv.org/abs/2303.06349 (docs/units/lru.md):
 
     x_t = λ ⊙ x_{t−1} + γ ⊙ (B u_t),   y_t = Re(C x_t) + D ⊙ u_t,   x ∈ ℂ^N, u, y ∈ ℝ^H
     λ = exp(−exp(ν) + i·exp(θ)),       γ = √(1 − |λ|²) (normalisation, stored as log γ)
 
-The parallel mode (`memrnn.units.lru_native.lru_layer`) keeps the complex numbers as real
+The parallel mode is the op `memrnn.ops.lru.lru_layer`: it keeps the complex numbers as real
 pairs, so that B u and Re(C h) are one real GEMM each; on CPU the recurrence with the constant
 λ is one compiled kernel per pass, elsewhere one `linear_scan` with a of shape (1, 1, N)
 broadcast over batch and time.
@@ -24,13 +24,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from memrnn.ops.lru import lru_layer
 from memrnn.units.base import (
     RecurrentUnit,
     check_positive_int,
     mark_no_weight_decay,
     register_unit,
 )
-from memrnn.units.lru_native import lru_layer
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -76,6 +76,7 @@ class LRU(RecurrentUnit):
         r_max: largest |λ| of the ring initialisation (default 0.999).
         max_phase: largest arg(λ) of the ring initialisation (default 2π).
         mode: "parallel" (default; one linear scan) or "recurrent" (step loop, same math).
+        backend: the backend of the parallel mode's op, `memrnn.ops.lru` (default "auto").
         device, dtype: of the parameters (see the precision note above).
 
     Shapes:
@@ -98,10 +99,11 @@ class LRU(RecurrentUnit):
         r_max: float = 0.999,
         max_phase: float = 2 * math.pi,
         mode: str = "parallel",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, mode)
+        super().__init__(input_size, hidden_size, output_size, mode, backend)
         _check_radii(r_min, r_max, max_phase)
         if state_size is not None:
             check_positive_int("state_size", state_size, "LRU")
@@ -213,7 +215,7 @@ class LRU(RecurrentUnit):
         return y if self.out_proj is None else self.out_proj(y)
 
     def _forward_parallel(self, x: Tensor, state: LRUState) -> tuple[Tensor, LRUState]:
-        # Complex numbers as [real | imaginary] halves of a real axis (see lru_native), so
+        # Complex numbers as [real | imaginary] halves of a real axis (`memrnn.ops.lru`), so
         # that B u and Re(C h) are one real GEMM each and the recurrence one fused kernel.
         u = self._input(x)  # (B, T, H)
         real, N = self.nu.dtype, self.state_size
@@ -226,6 +228,7 @@ class LRU(RecurrentUnit):
             torch.cat([h0.real, h0.imag], dim=-1),  # (B, 2N)
             torch.cat([self.C_re, -self.C_im], dim=1).to(real),  # (H, 2N)
             self.D.to(real),
+            self.backend,
         )  # (B, T, H), (B, 2N)
         y = y.to(u.dtype)
         y = y if self.out_proj is None else self.out_proj(y)

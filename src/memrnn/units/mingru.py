@@ -1,13 +1,13 @@
 """minGRU: a GRU whose gates do not see the previous state, so the recurrence is linear.
 
 Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, "Were RNNs all we needed?" (2024),
-https://arxiv.org/abs/2410.01201 (SPEC.md section 3.2):
+https://arxiv.org/abs/2410.01201 (docs/units/mingru.md):
 
     z_t = σ(W_z x_t + b_z),   h̃_t = W_h x_t + b_h,   h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
 
 The update is the scan h_t = a_t ⊙ h_{t−1} + b_t with a_t = 1 − z_t, b_t = z_t ⊙ h̃_t, so the
-parallel mode is one `linear_scan` over the whole sequence (on CPU, compiled kernels that
-fuse it with the projection: `memrnn.units.mingru_native`).
+parallel mode is one op over the whole sequence, projection included (`memrnn.ops.mingru`; on
+CPU compiled kernels that fuse the scan with the projection).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memrnn.units import mingru_native
+from memrnn.ops.mingru import mingru_layer
 from memrnn.units.base import RecurrentUnit, register_unit
 
 
@@ -40,6 +40,7 @@ class MinGRU(RecurrentUnit):
         mode: "parallel" (default; one linear scan over time) or "recurrent" (step loop,
             same weights, same math).
         bias: whether the gate and candidate projections have biases (default True).
+        backend: the backend of the parallel mode's op, `memrnn.ops.mingru` (default "auto").
         device, dtype: of the parameters.
 
     Shapes:
@@ -59,10 +60,11 @@ class MinGRU(RecurrentUnit):
         output_size: int | None = None,
         mode: str = "parallel",
         bias: bool = True,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, mode)
+        super().__init__(input_size, hidden_size, output_size, mode, backend)
         factory = {"device": device, "dtype": dtype}
         # Gate and candidate in one matmul: rows [0, H) are W_z, rows [H, 2H) are W_h.
         self.in_proj = nn.Linear(input_size, 2 * hidden_size, bias=bias, **factory)
@@ -91,9 +93,8 @@ class MinGRU(RecurrentUnit):
 
     def _forward_parallel(self, x: Tensor, state: MinGRUState) -> tuple[Tensor, MinGRUState]:
         weight = self.in_proj.weight  # (2H, D): [W_z; W_h]
-        # The projection, gates and scan as one layer: on CPU compiled kernels over chunks
-        # of rows that stay in cache (`memrnn.units.mingru_native`), else torch ops.
-        h = mingru_native.mingru_layer(x, weight, self.in_proj.bias, state.h.to(weight.dtype))
+        # The projection, gates and scan as one op (on CPU: chunks of rows that stay in cache).
+        h = mingru_layer(x, weight, self.in_proj.bias, state.h.to(weight.dtype), self.backend)
         return self._output(h), MinGRUState(h[:, -1])
 
     def _step(self, x_t: Tensor, state: MinGRUState) -> tuple[Tensor, MinGRUState]:

@@ -15,7 +15,8 @@ the sequence runs as one linear scan:
 
 eps = 0 is the BMRU (states in {-1, +1}); eps = 1 is the CMRU (h_t = h_{t-1} + z_t s_t, states on
 the integer lattice, dh_t/dh_{t-1} = 1). H and sign are exact in the forward pass and use a
-surrogate derivative backward (`memrnn.units.surrogate`).
+surrogate derivative backward (`memrnn.ops.surrogate`). The recurrence is the op
+`memrnn.ops.mru` (docs/units/mru.md).
 
 Why BMRU is the limit of an internal clock: the map g(h; c) = tanh(a h + c), a > 1, has two
 stable equilibria for |c| < beta(a) = a h_f - atanh(h_f), h_f = sqrt(1 - 1/a) (where g is tangent
@@ -32,15 +33,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memrnn.scan import linear_scan
-from memrnn.units import mru_native
+from memrnn.ops.mru import mru_gates, mru_layer, mru_scan
+from memrnn.ops.surrogate import SurrogateFn, get_surrogate, sign
 from memrnn.units.base import (
     RecurrentUnit,
     check_choice,
     mark_no_weight_decay,
     register_unit,
 )
-from memrnn.units.surrogate import SurrogateFn, get_surrogate, heaviside, sign
 
 THRESHOLDS = ("input", "constant")
 
@@ -65,49 +65,11 @@ def bmru_scan(
         beta: thresholds, broadcastable to c (already non-negative).
         h0: initial state (B, N).
         epsilon: 0 for the BMRU, 1 for the CMRU, in between for the epsilon-family.
-        surrogate, sharpness: the surrogate derivative of H and sign (see surrogate.py).
-        backend: the `linear_scan` backend.
+        surrogate, sharpness: the surrogate derivative of H and sign (`memrnn.ops.surrogate`).
+        backend: the backend of the `memrnn.ops.mru` op.
     """
-    h, _ = _mru_recurrence(c, beta, h0, epsilon, surrogate, sharpness, backend, beta_abs=False)
+    h, _ = mru_scan(c, beta, h0, epsilon, surrogate, sharpness, backend=backend)
     return h, h[:, -1]
-
-
-def _mru_recurrence(
-    c: Tensor,
-    beta: Tensor,
-    h0: Tensor,
-    epsilon: float,
-    surrogate: str | SurrogateFn,
-    sharpness: float,
-    backend: str,
-    beta_abs: bool,
-) -> tuple[Tensor, Tensor]:
-    """(h, mean write rate) of the MRU recurrence; beta is |beta| first when `beta_abs`.
-
-    On CPU with a named surrogate the fused kernels of `mru_native` run it in two memory
-    passes (measured at B = 16, T = 1024, N = 128: 0.8 ms forward, 5 ms backward, vs about
-    25 ms forward + backward for the torch ops and the scan). Elsewhere, or when a scan backend
-    other than "auto"/"native" is asked for, the gates are torch ops around `linear_scan`.
-    """
-    if backend in ("auto", "native") and mru_native.supports(c, surrogate):
-        return mru_native.fused_mru_scan(c, beta, h0, epsilon, surrogate, sharpness, beta_abs)
-    if beta_abs:
-        beta = beta.abs()
-    a, b, z = _scan_inputs(c, beta, epsilon, get_surrogate(surrogate, sharpness))
-    # For eps = 0 the decay is in {0, 1} (last write wins). A gather of the last write index
-    # (cummax) is exact but measured 20x slower than linear_scan's native CPU kernel, which is
-    # memory-bound already, so the general scan is the fast path here too.
-    h, _ = linear_scan(a, b, h0, backend=backend)
-    return h, z.mean()
-
-
-def _scan_inputs(
-    c: Tensor, beta: Tensor, epsilon: float, derivative: SurrogateFn
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(a, b, z) of the scan h_t = a_t h_{t-1} + b_t: a = 1 - z + eps z, b = z s."""
-    z = heaviside(c.abs() - beta, derivative)
-    s = sign(c, derivative)
-    return 1.0 - z + epsilon * z, z * s, z
 
 
 @register_unit("bmru")
@@ -124,7 +86,8 @@ class BMRU(RecurrentUnit):
         surrogate: "atan" (default), "fast-sigmoid", "triangle", "straight-through" or a callable.
         sharpness: k of the surrogate (default 1.0).
         mode: "parallel" (one linear scan, default) or "recurrent" (step by step).
-        scan_backend: `linear_scan` backend (default "auto").
+        backend: the backend of the parallel mode's op, `memrnn.ops.mru` (default "auto":
+            compiled CPU kernels where they run, else torch ops).
 
     Shapes:
         x: (B, T, D) -> y: (B, T, output_size); state: BMRUState(h=(B, N)).
@@ -145,11 +108,11 @@ class BMRU(RecurrentUnit):
         surrogate: str | SurrogateFn = "atan",
         sharpness: float = 1.0,
         mode: str | None = None,
-        scan_backend: str = "auto",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, output_size, mode)
+        super().__init__(input_size, hidden_size, output_size, mode, backend)
         owner = type(self).__name__
         self.threshold = check_choice("threshold", threshold, THRESHOLDS, owner)
         self.sharpness = sharpness
@@ -157,7 +120,6 @@ class BMRU(RecurrentUnit):
         get_surrogate(surrogate, sharpness)
         self.surrogate = surrogate
         self.epsilon = epsilon
-        self.scan_backend = scan_backend
         factory = {"device": device, "dtype": dtype}
         self.candidate = nn.Linear(input_size, hidden_size, **factory)
         if threshold == "input":
@@ -191,7 +153,7 @@ class BMRU(RecurrentUnit):
 
     @torch.no_grad()
     def _init_amplitude_and_initial_sign(self) -> None:
-        # alpha = 1 and a random initial sign h0 in {-1, +1} (SPEC section 2.2).
+        # alpha = 1 and a random initial sign h0 in {-1, +1} (docs/units/mru.md).
         self.alpha.fill_(1.0)
         self.h0.copy_(torch.randint(0, 2, self.h0.shape, device=self.h0.device) * 2.0 - 1.0)
 
@@ -266,13 +228,9 @@ class BMRU(RecurrentUnit):
 
     def _forward_parallel(self, x: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
         h0 = state.h.to(x.dtype).contiguous()
-        if (
-            self.threshold == "input"
-            and self.scan_backend in ("auto", "native")
-            and mru_native.supports(x, self.surrogate)
-        ):
-            # Projections, recurrence and readout in chunks of rows that stay in cache.
-            y, h_last, self.last_write_rate = mru_native.mru_layer(
+        if self.threshold == "input":
+            # Projections, recurrence and readout as one op (on CPU: chunks of rows in cache).
+            y, h_last, self.last_write_rate = mru_layer(
                 x,
                 torch.cat([self.candidate.weight, self.threshold_proj.weight]),
                 torch.cat([self.candidate.bias, self.threshold_proj.bias]),
@@ -282,27 +240,25 @@ class BMRU(RecurrentUnit):
                 self._epsilon,
                 self.surrogate,
                 self.sharpness,
+                backend=self.backend,
             )
             return y, BMRUState(h_last)
-        c = self.candidate(x)  # (B, T, N)
-        # The threshold before its absolute value: (B, T, N), or (N,) when constant.
-        beta = self.threshold_proj(x) if self.threshold == "input" else self.beta
-        h, self.last_write_rate = _mru_recurrence(
-            c,
-            beta,
+        h, self.last_write_rate = mru_scan(
+            self.candidate(x),  # (B, T, N)
+            self.beta,  # (N,), before its absolute value
             h0,
             self._epsilon,
             self.surrogate,
             self.sharpness,
-            self.scan_backend,
             beta_abs=True,
+            backend=self.backend,
         )
         return self._readout(h), BMRUState(h[:, -1])
 
     def _cell(self, x_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
         """One update; returns (h_t, z_t). The scan's a h + b form, so gradients match."""
         c = self.candidate(x_t)  # (B, N)
-        a, b, z = _scan_inputs(c, self.thresholds(x_t), self._epsilon, self._derivative)
+        a, b, z = mru_gates(c, self.thresholds(x_t), self._epsilon, self._derivative)
         return a * h_prev + b, z
 
     def _step(self, x_t: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
@@ -332,20 +288,20 @@ class BMRU(RecurrentUnit):
         beta = self.threshold_proj(x) if self.threshold == "input" else self.beta.expand_as(c)
         beta = torch.where(valid, beta, torch.inf)  # (B, T, N), before its absolute value
         if self.mode == "parallel":
-            h, self.last_write_rate = _mru_recurrence(
+            h, self.last_write_rate = mru_scan(
                 c,
                 beta,
                 state.h.to(x.dtype).contiguous(),
                 self._epsilon,
                 self.surrogate,
                 self.sharpness,
-                self.scan_backend,
                 beta_abs=True,
+                backend=self.backend,
             )
         else:
             h_t, hs, rates = state.h, [], []
             for c_t, beta_t in zip(c.unbind(1), beta.unbind(1), strict=True):
-                a, b, z = _scan_inputs(c_t, beta_t.abs(), self._epsilon, self._derivative)
+                a, b, z = mru_gates(c_t, beta_t.abs(), self._epsilon, self._derivative)
                 h_t = a * h_t + b
                 hs.append(h_t)
                 rates.append(z.mean())
@@ -382,7 +338,7 @@ class CMRU(BMRU):
         surrogate: str | SurrogateFn = "atan",
         sharpness: float = 1.0,
         mode: str | None = None,
-        scan_backend: str = "auto",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -395,7 +351,7 @@ class CMRU(BMRU):
             surrogate,
             sharpness,
             mode,
-            scan_backend,
+            backend,
             device,
             dtype,
         )

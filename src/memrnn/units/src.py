@@ -14,14 +14,14 @@ Implementation notes (ours):
 
 - The recurrence is nonlinear, so it runs step by step, but only the recurrence: `W_s s` is
   computed for the whole sequence in one matmul, and what is left is elementwise per (batch,
-  neuron). `backend` picks how that loop runs (`src_loop`):
-  "native": compiled numba kernels for the forward and the backward pass through time
-  (`memrnn.units.src_native`), one autograd node per sequence; CPU, float32/float64.
+  neuron): the op `memrnn.ops.src.src_loop`, whose `backend` picks how that loop runs:
+  "numba": compiled kernels for the forward and the backward pass through time, one autograd
+  node per sequence; CPU, float32/float64.
   "torch": the same single autograd node with the loop written in torch ops per step, for
   GPUs and other dtypes; its forward groups the operations exactly as `src_step` does.
-  "loop": a plain loop of `src_step` recorded by autograd (`src_loop_reference`), the ground
-  truth the others are tested against.
-  "auto" (default) uses "native" where it runs and agrees with "loop" on a small problem
+  "naive": a plain loop of `src_step` recorded by autograd, the ground truth the others are
+  tested against.
+  "auto" (default) uses "numba" where it runs and agrees with "naive" on a small problem
   (probed once per dtype) and "torch" otherwise.
 - float32 cells compute each step in float64 and round the carried state (i, h, hs) and the
   output to float32 (every backend does the same). The fast positive feedback amplifies
@@ -63,7 +63,8 @@ Args:
     weight_gain: scale of W_s's initialisation relative to nn.Linear's (default 4, ours).
     straight_through: straight-through ReLU gradient (default False).
     detach_recurrence: detach h, hs in the recurrence (default False).
-    backend: "auto" (default), "native", "torch" or "loop"; how sequences run (see above).
+    backend: "auto" (default), "naive", "torch", "numba" or "triton"; how sequences run (see
+        above).
     device, dtype: of the parameters.
 
 Shapes:
@@ -77,7 +78,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -87,18 +87,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memrnn.scan import linear_scan
-from memrnn.units import src_native
-from memrnn.units.base import RecurrentUnit, check_choice, register_unit
-
-log = logging.getLogger(__name__)
+from memrnn.ops.src import SRCConstants, src_loop, src_step
+from memrnn.units.base import RecurrentUnit, register_unit
 
 # A spike onset is counted when ReLU(h) rises above this level (rest is ReLU(h) = 0 exactly).
 SPIKE_THRESHOLD = 0.1
-
-BACKENDS = ("auto", "native", "torch", "loop")
-# Whether the native kernel ran correctly here, per dtype (probed once, see `resolve_backend`).
-_NATIVE_OK: dict[torch.dtype, bool] = {}
 
 
 class SRCState(NamedTuple):
@@ -107,195 +100,6 @@ class SRCState(NamedTuple):
     i: Tensor
     h: Tensor
     hs: Tensor
-
-
-class SRCConstants(NamedTuple):
-    alpha_i: float
-    rho: float
-    r: float
-    r_s: float
-    z_hyp: float
-    z_dep: float
-    straight_through: bool
-    detach_recurrence: bool
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # float32 cells compute in float64 and store float32 states (see the module notes).
-    return torch.float64 if dtype == torch.float32 else dtype
-
-
-def src_step(
-    u_t: Tensor, state: SRCState, bias: Tensor, c: SRCConstants
-) -> tuple[Tensor, SRCState]:
-    """One SRC step from the integrator input u_t = W_s s_t (B, N). Differentiable by autograd."""
-    dtype, work = u_t.dtype, _work_dtype(u_t.dtype)
-    if work != dtype:
-        state = SRCState(*(s.to(work) for s in state))
-        y, state = src_step(u_t.to(work), state, bias.to(work), c)
-        return y.to(dtype), SRCState(*(s.to(dtype) for s in state))
-    i_prev, h_prev, hs_prev = state
-    if c.detach_recurrence:
-        h_prev, hs_prev = h_prev.detach(), hs_prev.detach()
-    i = c.alpha_i * i_prev + u_t
-    x = c.rho * torch.tanh(i / c.rho)
-    # Grouped as ((x + b_h) + r h) + r_s hs, the order the fused loop uses.
-    h = torch.tanh((x + bias) + c.r * h_prev + c.r_s * hs_prev)
-    z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h_prev - 0.5))
-    hs = z * hs_prev + (1.0 - z) * h_prev
-    y = torch.relu(h)
-    if c.straight_through:
-        y = h + (y - h).detach()
-    return y, SRCState(i, h, hs)
-
-
-def src_loop_reference(
-    u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants
-) -> tuple[Tensor, SRCState]:
-    """Plain Python loop of `src_step` over u (B, T, N): the ground truth for `src_loop`."""
-    ys = []
-    for u_t in u.unbind(1):
-        y_t, state = src_step(u_t, state, bias, c)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1), state
-
-
-class _SRCLoop(torch.autograd.Function):
-    """The whole recurrence as one autograd node, with a hand-written backward through time.
-
-    What does not depend on the (h, hs) recurrence runs over the whole sequence at once: the
-    drive x + b_h, and in the backward pass the local derivatives and the integrator's reverse
-    scan. The forward integrator and the h/hs recurrence loop per step.
-    """
-
-    @staticmethod
-    def forward(ctx, u, i0, h0, hs0, bias, c: SRCConstants, store: torch.dtype):  # type: ignore[override]
-        B, T, N = u.shape
-        i_seq = u.new_empty(B, T, N)
-        h_seq = u.new_empty(B, T, N)
-        hs_seq = u.new_empty(B, T, N)
-
-        # States carried to the next step are rounded to the storage dtype, as in src_step.
-        def rnd(t: Tensor) -> Tensor:
-            return t if store == t.dtype else t.to(store).to(t.dtype)
-
-        # The integrator runs as the same sequential update as src_step (not as a scan) so
-        # that results stay bitwise equal to the step-by-step path.
-        i = i0
-        for t in range(T):
-            i_seq[:, t] = c.alpha_i * i + u[:, t]
-            i = rnd(i_seq[:, t])
-        xb = c.rho * torch.tanh(i_seq / c.rho) + bias  # (B, T, N)
-        h, hs = h0, hs0
-        for t in range(T):
-            h_seq[:, t] = torch.tanh(xb[:, t] + c.r * h + c.r_s * hs)
-            z = c.z_hyp - (c.z_hyp - c.z_dep) * torch.sigmoid(10.0 * (h - 0.5))
-            hs = rnd(z * hs + (1.0 - z) * h)
-            h = rnd(h_seq[:, t])
-            hs_seq[:, t] = hs
-        y = torch.relu(h_seq)
-        ctx.save_for_backward(i_seq, h_seq, hs_seq, h0, hs0)
-        ctx.constants = c
-        ctx.bias_shape = bias.shape
-        return y, i.clone(), h.clone(), hs.clone()
-
-    @staticmethod
-    def backward(ctx, gy, gi, gh, ghs):  # type: ignore[override]
-        i_seq, h_seq, hs_seq, h0, hs0 = ctx.saved_tensors
-        c: SRCConstants = ctx.constants
-        B, T, N = h_seq.shape
-        gy = torch.zeros_like(h_seq) if gy is None else gy
-        gi = torch.zeros_like(h0) if gi is None else gi
-        gh = torch.zeros_like(h0) if gh is None else gh
-        ghs = torch.zeros_like(h0) if ghs is None else ghs
-        # Local derivatives of every step, over the whole sequence.
-        g_out = gy if c.straight_through else gy * (h_seq > 0).to(gy.dtype)
-        d_h = 1.0 - h_seq * h_seq
-        h_prev = torch.cat([h0.unsqueeze(1), h_seq[:, :-1]], dim=1)
-        hs_prev = torch.cat([hs0.unsqueeze(1), hs_seq[:, :-1]], dim=1)
-        sig = torch.sigmoid(10.0 * (h_prev - 0.5))
-        z = c.z_hyp - (c.z_hyp - c.z_dep) * sig
-        # d hs_t / d h_{t-1}, through both the (1 - z) term and the gate z itself.
-        k = (1.0 - z) - (c.z_hyp - c.z_dep) * 10.0 * sig * (1.0 - sig) * (hs_prev - h_prev)
-        # The (h, hs) recurrence backwards; gp_t = dL/d(pre-activation of h_t).
-        gp_seq = torch.empty_like(h_seq)
-        for t in range(T - 1, -1, -1):
-            gp = (gh + g_out[:, t]) * d_h[:, t]
-            gp_seq[:, t] = gp
-            if c.detach_recurrence:
-                gh, ghs = torch.zeros_like(gh), torch.zeros_like(ghs)
-            else:
-                gh, ghs = c.r * gp + ghs * k[:, t], c.r_s * gp + ghs * z[:, t]
-        # The integrator backwards: g_i_t = gp_t tanh'(i_t / ρ) + α_i g_i_{t+1} (reverse scan).
-        th = torch.tanh(i_seq / c.rho)
-        b = gp_seq * (1.0 - th * th)
-        b[:, -1] += gi
-        alpha = h_seq.new_full((1, 1, N), c.alpha_i)
-        gu, _ = linear_scan(alpha, b, None, reverse=True)
-        gi0 = c.alpha_i * gu[:, 0]
-        gbias = gp_seq.sum(dim=(0, 1)).reshape(ctx.bias_shape) if ctx.needs_input_grad[4] else None
-        return gu, gi0, gh, ghs, gbias, None, None
-
-
-def _probe_native(dtype: torch.dtype) -> bool:
-    """Runs the native kernel once on a small spiking problem against `src_loop_reference`,
-    forward and backward."""
-    try:
-        gen = torch.Generator().manual_seed(0)
-        c = SRCConstants(0.9, 3.0, 2.0, -7.0, 0.9, 0.0, False, False)
-        u = (3.0 * torch.rand(2, 40, 3, generator=gen, dtype=dtype)).requires_grad_()
-        bias = torch.full((3,), -5.0, dtype=dtype, requires_grad=True)
-        h0 = torch.full((2, 3), -0.999, dtype=dtype)
-        state = SRCState(torch.zeros(2, 3, dtype=dtype), h0, h0.clone())
-        w = torch.randn(2, 40, 3, generator=gen, dtype=dtype)
-        results = []
-        for native in (True, False):
-            if native:
-                y, i, h, hs = src_native.src_native_loop(u, *state, bias, c)
-            else:
-                y, (i, h, hs) = src_loop_reference(u, state, bias, c)
-            loss = (y * w).sum() + h.sum() + hs.sum() + i.sum()
-            results.append([y, i, h, hs, *torch.autograd.grad(loss, (u, bias))])
-        tol = 1e-4 if dtype == torch.float32 else 1e-8
-        ok = bool(results[1][0].max() > 0.5) and all(
-            torch.allclose(a, b, atol=tol, rtol=tol) for a, b in zip(*results, strict=True)
-        )
-    except Exception as err:  # noqa: BLE001 - any failure means "not usable here"
-        log.debug("native SRC kernel unusable for %s: %r", dtype, err)
-        return False
-    return ok
-
-
-def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
-    """The backend "auto" runs for this device and dtype: "native" where the compiled kernel
-    exists and agrees with the step loop (probed once per dtype), "torch" otherwise."""
-    if device.type != "cpu" or not src_native.AVAILABLE or dtype not in src_native.SUPPORTED_DTYPES:
-        return "torch"
-    if dtype not in _NATIVE_OK:
-        # Gradients on for the probe itself: a first call under no_grad or inference mode must
-        # judge the kernel, not the context (a failed probe is cached for the process).
-        with torch.inference_mode(False), torch.enable_grad():
-            _NATIVE_OK[dtype] = _probe_native(dtype)
-    return "native" if _NATIVE_OK[dtype] else "torch"
-
-
-def src_loop(
-    u: Tensor, state: SRCState, bias: Tensor, c: SRCConstants, backend: str = "auto"
-) -> tuple[Tensor, SRCState]:
-    """The SRC over a sequence of integrator inputs u (B, T, N) with the given backend
-    ("auto", "native", "torch" or "loop"; see the module notes)."""
-    check_choice("backend", backend, BACKENDS, "src_loop")
-    if backend == "auto":
-        backend = resolve_backend(u.device, u.dtype)
-    if backend == "loop":
-        return src_loop_reference(u, state, bias, c)
-    if backend == "native":
-        y, i, h, hs = src_native.src_native_loop(u, *state, bias, c)
-    else:
-        dtype, work = u.dtype, _work_dtype(u.dtype)
-        args = (t.to(work) for t in (u, state.i, state.h, state.hs, bias))
-        y, i, h, hs = (t.to(dtype) for t in _SRCLoop.apply(*args, c, dtype))
-    return y, SRCState(i, h, hs)
 
 
 def resting_state(
@@ -401,7 +205,7 @@ class SRC(RecurrentUnit):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, hidden_size, mode)
+        super().__init__(input_size, hidden_size, hidden_size, mode, backend)
         if not 0.0 <= alpha_i < 1.0:
             raise ValueError(f"SRC: `alpha_i` must be in [0, 1), got {alpha_i!r}")
         if rho <= 0:
@@ -421,7 +225,6 @@ class SRC(RecurrentUnit):
         self.bias_init = float(bias_init)
         self.bias_max = float(bias_max)
         self.weight_gain = float(weight_gain)
-        self.backend = check_choice("backend", backend, BACKENDS, "SRC")
         factory = {"device": device, "dtype": dtype}
         self.weight_s = nn.Parameter(torch.empty(hidden_size, input_size, **factory))  # (N, D)
         self.bias_h = nn.Parameter(torch.empty(hidden_size, **factory))  # (N,)
@@ -487,11 +290,15 @@ class SRC(RecurrentUnit):
 
     def _step(self, x_t: Tensor, state: SRCState) -> tuple[Tensor, SRCState]:
         u_t = F.linear(x_t, self.weight_s)  # (B, N)
-        return src_step(u_t, state, self.effective_bias_h, self.constants)
+        y, i, h, hs = src_step(u_t, *state, self.effective_bias_h, self.constants)
+        return y, SRCState(i, h, hs)
 
     def _forward_recurrent(self, x: Tensor, state: SRCState) -> tuple[Tensor, SRCState]:
         u = F.linear(x, self.weight_s)  # (B, T, N)
-        return src_loop(u.contiguous(), state, self.effective_bias_h, self.constants, self.backend)
+        y, i, h, hs = src_loop(
+            u.contiguous(), *state, self.effective_bias_h, self.constants, self.backend
+        )
+        return y, SRCState(i, h, hs)
 
     def extra_repr(self) -> str:
         c = self.constants
@@ -540,15 +347,10 @@ def spike_stats(
 
 
 __all__ = [
-    "BACKENDS",
     "SPIKE_THRESHOLD",
     "SRC",
     "SRCConstants",
     "SRCState",
-    "resolve_backend",
     "resting_state",
     "spike_stats",
-    "src_loop",
-    "src_loop_reference",
-    "src_step",
 ]

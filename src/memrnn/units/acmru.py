@@ -32,10 +32,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from memrnn.scan import linear_scan
+from memrnn.ops.mru import mru_gates
+from memrnn.ops.scan import linear_scan
+from memrnn.ops.surrogate import SurrogateFn
 from memrnn.units.base import register_unit
-from memrnn.units.mru import BMRU, BMRUState, _scan_inputs
-from memrnn.units.surrogate import SurrogateFn
+from memrnn.units.mru import BMRU, BMRUState
 
 # softplus^-1(1): the write size of an untrained unit is 1, the CMRU's.
 UNIT_WRITE_BIAS = math.log(math.e - 1.0)
@@ -61,7 +62,7 @@ class AlphaCMRU(BMRU):
         surrogate: str | SurrogateFn = "atan",
         sharpness: float = 1.0,
         mode: str | None = None,
-        scan_backend: str = "auto",
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -74,7 +75,7 @@ class AlphaCMRU(BMRU):
             surrogate,
             sharpness,
             mode,
-            scan_backend,
+            backend,
             device,
             dtype,
         )
@@ -95,12 +96,12 @@ class AlphaCMRU(BMRU):
     def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(decay, input, z) of the scan h_t = decay_t h_{t-1} + input_t for x (..., D)."""
         c = self.candidate(x)  # (..., N)
-        a, b, z = _scan_inputs(c, self.thresholds(x), self._epsilon, self._derivative)
+        a, b, z = mru_gates(c, self.thresholds(x), self._epsilon, self._derivative)
         return a, b * nn.functional.softplus(self.write_size(x)), z
 
     def _forward_parallel(self, x: Tensor, state: BMRUState) -> tuple[Tensor, BMRUState]:
         decay, inp, z = self._gates(x)  # (B, T, N) each
-        h, _ = linear_scan(decay, inp, state.h.to(x.dtype).contiguous(), backend=self.scan_backend)
+        h, _ = linear_scan(decay, inp, state.h.to(x.dtype).contiguous(), backend=self.backend)
         self.last_write_rate = z.mean()
         return self._readout(h), BMRUState(h[:, -1])
 
@@ -117,7 +118,7 @@ class AlphaCMRU(BMRU):
         z = torch.where(valid, z, 0.0)
         h0 = state.h.to(x.dtype).contiguous()
         if self.mode == "parallel":
-            h, _ = linear_scan(decay, inp, h0, backend=self.scan_backend)
+            h, _ = linear_scan(decay, inp, h0, backend=self.backend)
         else:
             h_t, hs = h0, []
             for a_t, b_t in zip(decay.unbind(1), inp.unbind(1), strict=True):

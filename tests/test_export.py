@@ -19,7 +19,7 @@ COMPLEX_UNITS = {"lru": "complex recurrence", "hybrid": "contains a complex LRU 
 
 def _unit(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_unit(name, 3, 5).eval()
+    return build_unit(name, 3, 5, **UNITS[name].example_kwargs).eval()
 
 
 def _assert_same(
@@ -65,7 +65,10 @@ def test_exported_unit_step_equals_eager(name: str) -> None:
 @pytest.mark.parametrize("name", ["bmru-small", "hybrid-small", "plmu-small"])
 def test_exported_network_step_equals_eager(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, input_size=3, output_size=2, head="mean", d_model=8).eval()
+    # seq_len gives the LMU's window (theta), as a task would.
+    model = create_model(
+        name, input_size=3, output_size=2, seq_len=16, head="mean", d_model=8
+    ).eval()
     program = export_step(model, batch_size=2)
     _steps_agree(program.module(), StepModule(model), batch=4, n=3, tol=1e-5)
 
@@ -136,6 +139,8 @@ def test_onnx_network_step_equals_eager(tmp_path) -> None:
     model = create_model("bmru-small", input_size=3, output_size=2, d_model=8).eval()
     path = export_onnx(model, tmp_path / "net.onnx")
     proto = onnx.load(path)
-    assert [i.name for i in proto.graph.input][:2] == ["x_t", "state_layers_0_h"]
+    # bmru-small's blocks carry a conv buffer beside the unit state (BlockState(unit, conv)).
+    names = [i.name for i in proto.graph.input][:3]
+    assert names == ["x_t", "state_layers_0_unit_h", "state_layers_0_conv"]
     assert proto.graph.output[0].name == "y_t"
     _steps_agree(lambda *a: run_onnx(path, *a), StepModule(model), batch=2, n=3, tol=1e-5)

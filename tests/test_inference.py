@@ -16,7 +16,10 @@ VOCAB = 11
 
 def _real_model(name: str, head: str = "sequence", input_size: int = 3) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model(name, input_size=input_size, output_size=2, head=head, d_model=8)
+    # seq_len gives the LMU's window (theta), as a task would.
+    model = create_model(
+        name, input_size=input_size, output_size=2, seq_len=16, head=head, d_model=8
+    )
     return model.double().eval()
 
 

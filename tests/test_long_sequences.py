@@ -13,6 +13,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from memrnn.models.block import build_unit
+from memrnn.units import UNITS as REGISTRY
 
 # name -> (parallel mode, tolerance on the last output and final state, relative to their size).
 # BMRU/CMRU states are exact (+-1, integers) unless a candidate lands within rounding of its
@@ -34,7 +35,7 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def _run(name: str, T: int) -> None:
     torch.manual_seed(0)
     mode, tol = UNITS[name]
-    unit = build_unit(name, 2, 4)
+    unit = build_unit(name, 2, 4, **REGISTRY[name].example_kwargs)
     x = torch.randn(1, T, 2)
     with torch.no_grad():
         unit.mode = mode

@@ -143,7 +143,7 @@ def _finite(tree: object) -> bool:
 def test_unit_forward_and_step_result_or_clear_error(name: str, args: tuple) -> None:
     shape, dtype, param_dtype, use_state, seed = args
     torch.manual_seed(seed)
-    unit = build_unit(name, 3, 4).to(param_dtype)
+    unit = build_unit(name, 3, 4, **UNITS[name].example_kwargs).to(param_dtype)
     x = _tensor(shape, dtype, seed) * 2 - 1 if dtype != torch.int64 else _tensor(shape, dtype, 0)
     state = unit.init_state(shape[0], dtype=param_dtype) if use_state else None
     try:
@@ -164,7 +164,7 @@ def test_unit_forward_and_step_result_or_clear_error(name: str, args: tuple) -> 
 
 @pytest.mark.parametrize("name", sorted(UNITS))
 def test_dtype_mismatch_is_a_clear_error(name: str) -> None:
-    unit = build_unit(name, 3, 4)
+    unit = build_unit(name, 3, 4, **UNITS[name].example_kwargs)
     with pytest.raises(CLEAR_ERRORS):
         unit(torch.randn(2, 5, 3, dtype=torch.float64))
     with pytest.raises(CLEAR_ERRORS):
@@ -174,7 +174,7 @@ def test_dtype_mismatch_is_a_clear_error(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(UNITS))
 def test_unit_nan_input_gives_nan_not_an_error(name: str) -> None:
     torch.manual_seed(0)
-    unit = build_unit(name, 3, 4)
+    unit = build_unit(name, 3, 4, **UNITS[name].example_kwargs)
     x = torch.randn(2, 5, 3)
     x[0, 2] = float("nan")
     y, _ = unit(x)
@@ -202,6 +202,7 @@ def test_create_model_result_or_clear_error(
         name,
         input_size=5,
         output_size=2,
+        seq_len=16,
         head=head,
         d_model=8,
         input_kind="tokens" if tokens else "real",

@@ -19,7 +19,7 @@ T = 7
 
 def _config(name: str, head: str, input_kind: str = "real") -> ModelConfig:
     overrides = {"head": head, "input_kind": input_kind}
-    cfg = model_config(name, input_size=3, output_size=4, **overrides)
+    cfg = model_config(name, input_size=3, output_size=4, seq_len=T, **overrides)
     if cfg.arch == "stack":
         # Small widths keep the float64 comparisons of every model fast.
         cfg = cfg.replace(d_model=8, hidden_size=8)

@@ -119,3 +119,23 @@ def test_config_json_round_trip_rebuilds_the_same_model():
 def test_head_follows_the_task():
     assert head_for_task(create_task("copy-first-input", seq_len=5)) == "last"
     assert head_for_task(create_task("flip-flop")) == "sequence"
+
+
+def _lmu_units(model) -> list:
+    return [m for m in model.modules() if hasattr(m, "theta") and hasattr(m, "order")]
+
+
+@pytest.mark.parametrize("name", ["plmu-small", "lmu-small"])
+def test_lmu_window_follows_the_task(name):
+    # The registry's small test values (theta = 16) must not reach models built for a task.
+    task = create_task("copy-first-input", seq_len=50)
+    model = create_model_for_task(name, task)
+    units = _lmu_units(model)
+    assert units and all(u.theta == 50 for u in units)
+    given = create_model_for_task(name, task, unit_kwargs={"theta": 7.0, "order": 3})
+    assert all(u.theta == 7.0 and u.order == 3 for u in _lmu_units(given))
+
+
+def test_lmu_without_a_window_is_refused():
+    with pytest.raises(ValueError, match="unit 'plmu' needs theta in its unit_kwargs"):
+        create_model("plmu-small", input_size=1, output_size=1)

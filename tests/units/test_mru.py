@@ -217,3 +217,30 @@ def test_error_paths():
         EpsilonSchedule(hold=-1, decay=3)
     with pytest.raises(ValueError, match="bistable only for a > 1"):
         bistable_threshold(1.0)
+
+
+def _grads_after_setting_sharpness(mode: str) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    unit = BMRU(3, 4, mode=mode).double()
+    # Set after construction, as an annealing schedule does.
+    unit.sharpness = 5.0
+    x = torch.randn(2, 9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x.requires_grad_()
+    y, state = unit(x)
+    loss = (y**2).sum() + (state.h**2).sum()
+    return torch.autograd.grad(loss, [x, *unit.parameters()])
+
+
+def test_sharpness_set_after_construction_reaches_both_paths():
+    parallel = _grads_after_setting_sharpness("parallel")
+    recurrent = _grads_after_setting_sharpness("recurrent")
+    for a, b in zip(parallel, recurrent, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_sharpness_must_be_positive():
+    unit = BMRU(3, 4)
+    with pytest.raises(ValueError, match="sharpness` must be a positive finite number"):
+        unit.sharpness = 0.0
+    with pytest.raises(ValueError, match="sharpness` must be a positive finite number"):
+        BMRU(3, 4, sharpness=float("inf"))

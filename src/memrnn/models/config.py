@@ -17,6 +17,8 @@ ARCHS = ("stack", "direct", "spiking")
 HEADS = ("last", "mean", "sequence", "next-token")
 NORMS = ("layer", "rms")
 INPUT_KINDS = ("real", "tokens")
+POSITIONAL = ("none", "sinusoidal", "learned", "start")
+POSITIONAL_AT = ("blocks", "encoder")
 
 
 @dataclass
@@ -41,6 +43,16 @@ class ModelConfig:
     spiking: the SpikingConfig fields for arch="spiking".
     epsilon: ε of every ε-family unit (BMRU, CMRU) after building; None keeps each unit's
         own value. Training with an ε schedule records the value reached here.
+    positional: a code of the step index appended to the inputs (memrnn.models.positional):
+        "none" (default), "sinusoidal", "learned" (a table of `positional_max_len` rows) or
+        "start" (one channel, 1 at the first step).
+    positional_size: channels of the sinusoidal and learned codes (default 16, even).
+    positional_at: "blocks" (appended to every block's unit input, default) or "encoder"
+        (appended to the network input only).
+    positional_max_len: rows of the learned table; longer sequences raise a ValueError.
+    output_gate: gate each unit's output with σ(W x̂ + b), b = 4 at start (stack only).
+    residual_scale: a learned per-channel scale on each unit branch (stack only).
+    conv_kernel: k of a causal depthwise convolution before each unit; 0 (default) is off.
     """
 
     input_size: int
@@ -60,6 +72,13 @@ class ModelConfig:
     dropout: float = 0.0
     spiking: dict[str, Any] = field(default_factory=dict)
     epsilon: float | None = None
+    positional: str = "none"
+    positional_size: int = 16
+    positional_at: str = "blocks"
+    positional_max_len: int = 4096
+    output_gate: bool = False
+    residual_scale: bool = False
+    conv_kernel: int = 0
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -68,10 +87,38 @@ class ModelConfig:
             ("head", self.head, HEADS),
             ("norm", self.norm, NORMS),
             ("input_kind", self.input_kind, INPUT_KINDS),
+            ("positional", self.positional, POSITIONAL),
+            ("positional_at", self.positional_at, POSITIONAL_AT),
         ):
             if value not in choices:
                 raise ValueError(f"ModelConfig: unknown {key} {value!r}; expected one of {choices}")
-        for key in ("input_size", "output_size", "d_model", "n_layers"):
+        for key in ("output_gate", "residual_scale"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(
+                    f"ModelConfig: `{key}` must be true or false, got {getattr(self, key)!r}"
+                )
+        k = self.conv_kernel
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"ModelConfig: `conv_kernel` must be an int >= 0, got {k!r}")
+        size = self.positional_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2 or size % 2:
+            raise ValueError(
+                f"ModelConfig: `positional_size` must be an even int >= 2, got {size!r}"
+            )
+        if self.arch != "stack":
+            stack_only = {
+                "positional": self.positional != "none",
+                "output_gate": self.output_gate,
+                "residual_scale": self.residual_scale,
+                "conv_kernel": self.conv_kernel != 0,
+            }
+            for key, used in stack_only.items():
+                if used:
+                    raise ValueError(
+                        f"ModelConfig: `{key}` is an option of arch='stack' blocks; "
+                        f"arch={self.arch!r} does not take it"
+                    )
+        for key in ("input_size", "output_size", "d_model", "n_layers", "positional_max_len"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig: `{key}` must be a positive int, got {value!r}")
@@ -121,4 +168,13 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(ModelConfig)]
 
 
-__all__ = ["ARCHS", "HEADS", "INPUT_KINDS", "NORMS", "ModelConfig", "field_names"]
+__all__ = [
+    "ARCHS",
+    "HEADS",
+    "INPUT_KINDS",
+    "NORMS",
+    "POSITIONAL",
+    "POSITIONAL_AT",
+    "ModelConfig",
+    "field_names",
+]

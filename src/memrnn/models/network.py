@@ -4,6 +4,11 @@
     h = Block_N(... Block_1(h))         one unit kind per layer, or kinds alternating
     out = Head(Norm(h))                 last-step, masked mean, per-step or next-token
 
+With `config.positional`, a code of the step index t (memrnn.models.positional) is appended to
+the input of every block's unit, or added through a linear map to the encoder output (the same
+as appending it to the encoder's input). The state counts the steps seen, so a step or a chunk
+that continues a sequence gets the positions where the sequence is.
+
 Heads: "last" reads the features at step `lengths - 1` (or T - 1); "mean" averages the valid
 steps; "sequence" and "next-token" give one output per step. `step` runs the whole model one
 step at a time with a constant-size state and returns the head output the model would give if
@@ -31,6 +36,7 @@ from torch import Tensor, nn
 
 from memrnn.models.block import Block, build_unit, make_norm
 from memrnn.models.config import ModelConfig
+from memrnn.models.positional import PositionalCode
 from memrnn.units.base import RecurrentUnit
 
 
@@ -60,6 +66,17 @@ class Network(nn.Module):
         else:
             self.encoder = nn.Linear(c.input_size, c.d_model)
         width = c.d_model if (c.input_kind == "tokens" or c.arch == "stack") else c.input_size
+        self.positional = (
+            None
+            if c.positional == "none"
+            else PositionalCode(c.positional, c.positional_size, c.positional_max_len)
+        )
+        at_blocks = self.positional is not None and c.positional_at == "blocks"
+        self.code_proj = (
+            nn.Linear(self.positional.size, c.d_model, bias=False)
+            if self.positional is not None and not at_blocks
+            else None
+        )
         if c.arch == "stack":
             self.blocks = nn.ModuleList(
                 Block(
@@ -71,6 +88,10 @@ class Network(nn.Module):
                     mlp=c.mlp,
                     mlp_ratio=c.mlp_ratio,
                     dropout=c.dropout,
+                    extra_input=self.positional.size if at_blocks else 0,
+                    output_gate=c.output_gate,
+                    residual_scale=c.residual_scale,
+                    conv_kernel=c.conv_kernel,
                 )
                 for name in c.layer_units()
             )
@@ -126,11 +147,24 @@ class Network(nn.Module):
     ) -> tuple[Tensor, NetworkState | None, tuple[Any, ...]]:
         """Normalised per-step features (B, T, F) and the layers' final states (at each
         sequence's last valid step when `lengths` is given)."""
-        h = self._encode(x)
+        h = self._encode(x)  # (B, T, D)
+        code = None
+        if self.positional is not None:
+            B, T = h.shape[:2]
+            first = (
+                torch.zeros(B, dtype=torch.long, device=h.device) if state is None else state.steps
+            )
+            positions = first.view(B, 1) + torch.arange(T, device=h.device).view(1, T)  # (B, T)
+            code = self.positional(positions, h.dtype)  # (B, T, P)
+            if self.code_proj is not None:
+                h, code = h + self.code_proj(code), None
         layer_states = [None] * len(self.blocks) if state is None else list(state.layers)
         finals = []
         for block, s in zip(self.blocks, layer_states, strict=True):
-            h, s = block(h, s, lengths=lengths)
+            if code is None:
+                h, s = block(h, s, lengths=lengths)
+            else:
+                h, s = block(h, s, code, lengths=lengths)
             finals.append(s)
         return self.norm(h), state, tuple(finals)
 
@@ -178,9 +212,14 @@ class Network(nn.Module):
         h = self._encode(x_t, "x_t")
         if state is None:
             state = self.init_state(h.shape[0], device=h.device, dtype=h.dtype)
+        code = None
+        if self.positional is not None:
+            code = self.positional(state.steps.view(-1, 1), h.dtype)[:, 0]  # (B, P)
+            if self.code_proj is not None:
+                h, code = h + self.code_proj(code), None
         layers = []
         for block, s in zip(self.blocks, state.layers, strict=True):
-            h, s = block.step(h, s)
+            h, s = block.step(h, s) if code is None else block.step(h, s, code)
             layers.append(s)
         feats = self.norm(h)  # (B, F)
         pool_sum, steps = state.pool_sum, state.steps + 1

@@ -1,5 +1,7 @@
-"""Recurrent units: MRUs (BMRU, CMRU), LRU, minGRU, parallel and original LMU, SRC, baselines."""
+"""Recurrent units: MRUs (BMRU, CMRU, αCMRU), LRU, minGRU, parallel and original LMU, SRC,
+baselines."""
 
+from memrnn.units.acmru import AlphaCMRU
 from memrnn.units.base import (
     NO_WEIGHT_DECAY,
     UNITS,
@@ -36,6 +38,7 @@ __all__ = [
     "Hybrid",
     "HybridState",
     "alternating",
+    "AlphaCMRU",
     "BMRU",
     "CMRU",
     "BMRUState",

@@ -118,9 +118,10 @@ class BMRU(RecurrentUnit):
         super().__init__(input_size, hidden_size, output_size, mode, backend)
         owner = type(self).__name__
         self.threshold = check_choice("threshold", threshold, THRESHOLDS, owner)
-        self.surrogate = surrogate
         self.sharpness = sharpness
-        self._derivative = get_surrogate(surrogate, sharpness)
+        # Checks the surrogate's name now rather than at the first forward.
+        get_surrogate(surrogate, sharpness)
+        self.surrogate = surrogate
         self.epsilon = epsilon
         factory = {"device": device, "dtype": dtype}
         self.candidate = Projection(input_size, hidden_size, **factory)
@@ -172,6 +173,27 @@ class BMRU(RecurrentUnit):
                 f"{type(self).__name__}: `epsilon` must be a number in [0, 1], got {value!r}"
             )
         self._epsilon = float(value)
+
+    # -- surrogate ----------------------------------------------------------------------------
+    @property
+    def sharpness(self) -> float:
+        """k of the surrogate derivative; read by the parallel and the step paths alike, so
+        annealing it after construction changes both."""
+        return self._sharpness
+
+    @sharpness.setter
+    def sharpness(self, value: float) -> None:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"{type(self).__name__}: `sharpness` must be a positive finite number, "
+                f"got {value!r}"
+            )
+        self._sharpness = float(value)
+
+    @property
+    def _derivative(self) -> SurrogateFn:
+        return get_surrogate(self.surrogate, self._sharpness)
 
     # -- pieces -------------------------------------------------------------------------------
     def thresholds(self, x: Tensor) -> Tensor:

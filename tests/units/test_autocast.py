@@ -28,6 +28,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "nbrc": ("nbrc", {}),
     "src": ("src", {}),
 }
+# Parallel units registered later are picked up (the LMU's own matrices stay float32).
+for _name, _cls in sorted(UNITS.items()):
+    if "parallel" in _cls.modes and _name not in {n for n, _ in CASES.values()} | {"plmu", "lmu"}:
+        CASES[_name] = (_name, dict(_cls.example_kwargs))
 
 
 class _GemmDtypes(TorchDispatchMode):

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from memrnn.ops.mru import mru_gates
 from memrnn.ops.scan import linear_scan
 from memrnn.ops.surrogate import SurrogateFn
-from memrnn.units.base import register_unit
+from memrnn.units.base import Projection, register_unit
 from memrnn.units.mru import BMRU, BMRUState
 
 # softplus^-1(1): the write size of an untrained unit is 1, the CMRU's.
@@ -79,7 +79,7 @@ class AlphaCMRU(BMRU):
             device,
             dtype,
         )
-        self.write_size = nn.Linear(input_size, hidden_size, device=device, dtype=dtype)
+        self.write_size = Projection(input_size, hidden_size, device=device, dtype=dtype)
         self._init_write_size()
 
     def reset_parameters(self) -> None:

@@ -7,7 +7,6 @@ from memrnn.units.mru import (
     BMRU,
     CMRU,
     BMRUState,
-    EpsilonSchedule,
     bistable_threshold,
     bmru_scan,
     write_rate_penalty,
@@ -156,24 +155,6 @@ def test_epsilon_is_settable_without_rebuilding():
     assert not torch.equal(half.h, final.h)
 
 
-def test_epsilon_schedule_values_and_apply():
-    schedule = EpsilonSchedule(hold=10, decay=4)
-    assert [schedule(s) for s in (0, 9, 10, 11, 12, 13, 14, 1000)] == [
-        1.0,
-        1.0,
-        1.0,
-        0.75,
-        0.5,
-        0.25,
-        0.0,
-        0.0,
-    ]
-    assert EpsilonSchedule(hold=0, decay=0)(0) == 0.0
-    model = torch.nn.Sequential(CMRU(3, 4), torch.nn.Linear(4, 4), BMRU(4, 4))
-    assert schedule.apply(model, 12) == 0.5
-    assert model[0].epsilon == model[2].epsilon == 0.5
-
-
 def test_write_rate_penalty():
     model = torch.nn.ModuleList([BMRU(3, 4), CMRU(3, 4)])
     assert write_rate_penalty(model, 0.1).item() == 0.0
@@ -213,8 +194,6 @@ def test_error_paths():
         BMRU(3, 4, threshold="learned")
     with pytest.raises(ValueError, match=r"`epsilon` must be a number in \[0, 1\]"):
         unit.epsilon = 1.5
-    with pytest.raises(ValueError, match="`hold` must be an int >= 0"):
-        EpsilonSchedule(hold=-1, decay=3)
     with pytest.raises(ValueError, match="bistable only for a > 1"):
         bistable_threshold(1.0)
 

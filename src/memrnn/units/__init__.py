@@ -24,7 +24,7 @@ from memrnn.units.lmu import (
 )
 from memrnn.units.lru import LRU, LRUState
 from memrnn.units.mingru import MinGRU, MinGRUState
-from memrnn.units.mru import BMRU, CMRU, BMRUState, EpsilonSchedule, bmru_scan, write_rate_penalty
+from memrnn.units.mru import BMRU, CMRU, BMRUState, bmru_scan, write_rate_penalty
 from memrnn.units.src import SRC, SRCState, spike_stats
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "BMRU",
     "CMRU",
     "BMRUState",
-    "EpsilonSchedule",
     "bmru_scan",
     "write_rate_penalty",
     "BRC",

@@ -85,7 +85,8 @@ class BMRU(RecurrentUnit):
         output_size: features of y (default: hidden_size).
         threshold: "input" (beta_t = |W_beta x_t + b_beta|, default) or "constant" (a learned
             per-neuron |beta|).
-        epsilon: 0.0 (BMRU). Settable at any time, e.g. by `EpsilonSchedule.apply`.
+        epsilon: 0.0 (BMRU). Settable at any time, e.g. by the training schedules
+            (`memrnn.train.schedules`).
         surrogate: "atan" (default), "fast-sigmoid", "triangle", "straight-through" or a callable.
         sharpness: k of the surrogate (default 1.0).
         mode: "parallel" (one linear scan, default) or "recurrent" (step by step).
@@ -325,7 +326,7 @@ class CMRU(BMRU):
     """Cumulative memory recurrent unit: the BMRU with epsilon = 1 (h_t = h_{t-1} + z_t s_t).
 
     Same arguments as `BMRU`, with `epsilon=1.0` by default. Annealing epsilon to 0 during
-    training (`EpsilonSchedule`) turns it into a BMRU without rebuilding the module.
+    training (`memrnn.train.schedules`) turns it into a BMRU without rebuilding the module.
 
     Example:
         >>> unit = CMRU(3, 8)
@@ -367,49 +368,6 @@ def epsilon_units(model: nn.Module) -> list[BMRU]:
     return [m for m in model.modules() if isinstance(m, BMRU)]
 
 
-class EpsilonSchedule:
-    """Hold epsilon = start for `hold` steps, decay linearly to `end` over `decay` steps, hold.
-
-    The follow-up paper's recipe: train as a CMRU (eps = 1), anneal, finish as a true BMRU.
-
-    Example:
-        >>> schedule = EpsilonSchedule(hold=100, decay=50)
-        >>> assert schedule(0) == 1.0 and schedule(125) == 0.5 and schedule(10_000) == 0.0
-    """
-
-    def __init__(self, hold: int, decay: int, start: float = 1.0, end: float = 0.0) -> None:
-        for name, value in (("hold", hold), ("decay", decay)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"EpsilonSchedule: `{name}` must be an int >= 0, got {value!r}")
-        for name, value in (("start", start), ("end", end)):
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"EpsilonSchedule: `{name}` must be a number in [0, 1], got {value!r}"
-                )
-        self.hold, self.decay, self.start, self.end = hold, decay, float(start), float(end)
-
-    def __call__(self, step: int) -> float:
-        if step < self.hold:
-            return self.start
-        if step >= self.hold + self.decay:
-            return self.end
-        progress = (step - self.hold) / self.decay
-        return self.start + (self.end - self.start) * progress
-
-    def apply(self, model: nn.Module, step: int) -> float:
-        """Sets epsilon on every epsilon-unit of `model` for this training step; returns it."""
-        value = self(step)
-        for unit in epsilon_units(model):
-            unit.epsilon = value
-        return value
-
-    def __repr__(self) -> str:
-        return (
-            f"EpsilonSchedule(hold={self.hold}, decay={self.decay}, start={self.start}, "
-            f"end={self.end})"
-        )
-
-
 def write_rate_penalty(model: nn.Module, lam: float) -> Tensor:
     """lam * sum over epsilon-units of (mean z of their last forward)^2, to add to the loss."""
     rates = [u.last_write_rate for u in epsilon_units(model) if u.last_write_rate is not None]
@@ -434,7 +392,6 @@ __all__ = [
     "CMRU",
     "THRESHOLDS",
     "BMRUState",
-    "EpsilonSchedule",
     "bistable_threshold",
     "bmru_scan",
     "epsilon_units",

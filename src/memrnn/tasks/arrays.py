@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,11 @@ from torch import Tensor
 
 from memrnn.tasks.base import (
     SPLITS,
+    ArrayTask,
     Batch,
-    Task,
     check_float,
     check_int,
     check_split,
-    default_generator,
 )
 from memrnn.tasks.registry import register_task
 
@@ -176,7 +174,7 @@ def _is_classification(y: np.ndarray, lengths: np.ndarray | None) -> bool:
 
 
 @register_task("arrays")
-class ArraysTask(Task):
+class ArraysTask(ArrayTask):
     """Your own sequences from a .npz or CSV file (classification or per-step regression).
 
     Args:
@@ -339,7 +337,6 @@ class ArraysTask(Task):
         out["train"] = data.take(perm[start:].sort().values)
         return out
 
-    # -- the Task interface ---------------------------------------------------------------------
     def recorded_kwargs(self) -> dict[str, Any]:
         """The arguments that pin this task to its file, saved with a run."""
         return {"path": str(self.path), "sha256": self.sha256}
@@ -353,9 +350,9 @@ class ArraysTask(Task):
             )
         return data
 
-    def split_size(self, split: str) -> int:
-        """Number of sequences in `split`."""
-        return len(self._split(split))
+    def _split_data(self, split: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        data = self._split(split)
+        return data.x, data.y, data.lengths
 
     def _no_seq_len(self, seq_len: int | None) -> None:
         if seq_len is not None and seq_len != self.seq_len:
@@ -363,39 +360,8 @@ class ArraysTask(Task):
                 f"seq_len cannot be changed for arrays: the lengths come from {self.path}"
             )
 
-    def _to_batch(self, data: _Split) -> Batch:
-        return Batch(data.x, data.y, None, data.lengths)
-
-    def batch(
-        self,
-        batch_size: int,
-        split: str = "train",
-        generator: torch.Generator | None = None,
-        seq_len: int | None = None,
-    ) -> Batch:
-        check_int("batch_size", batch_size)
-        self._no_seq_len(seq_len)
-        data = self._split(split)
-        if generator is None:
-            generator = default_generator(self)
-        idx = torch.randint(0, len(data), (batch_size,), generator=generator)
-        return self._to_batch(data.take(idx))
-
-    def iter_split(
-        self,
-        split: str,
-        batch_size: int,
-        max_samples: int | None = None,
-        seq_len: int | None = None,
-    ) -> Iterator[Batch]:
-        check_int("batch_size", batch_size)
-        self._no_seq_len(seq_len)
-        data = self._split(split)
-        total = len(data)
-        if max_samples is not None:
-            total = min(total, check_int("max_samples", max_samples))
-        for start in range(0, total, batch_size):
-            yield self._to_batch(data.take(slice(start, min(start + batch_size, total))))
+    def _to_batch(self, x: Tensor, y: Tensor, lengths: Tensor | None) -> Batch:
+        return Batch(x, y, None, lengths)
 
     def chance(self) -> float:
         if self.kind == "classification":

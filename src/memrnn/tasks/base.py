@@ -298,7 +298,9 @@ class ArrayTask(Task):
     """A classification task over fixed arrays of samples, one pair of tensors per split.
 
     Subclasses fill `self._data[split] = (inputs, labels)` (labels int64, one per sample) and
-    implement `_to_batch(inputs, labels)`, which turns a slice of samples into a Batch.
+    implement `_to_batch(inputs, labels)`, which turns a slice of samples into a Batch; a
+    subclass may instead override `_split_data` to return other aligned per-sample tensors
+    (None for an absent one), which `_to_batch` then receives in the same order.
     `batch` draws samples with replacement using the generator; `iter_split` walks a split
     in order.
     """
@@ -329,7 +331,11 @@ class ArrayTask(Task):
 
     def split_size(self, split: str) -> int:
         """Number of samples in `split`."""
-        return int(self._split_data(split)[1].shape[0])
+        return int(self._split_data(split)[0].shape[0])
+
+    def _take(self, split: str, idx: Tensor | slice) -> Batch:
+        """The Batch of the samples `idx` of `split`."""
+        return self._to_batch(*(None if p is None else p[idx] for p in self._split_data(split)))
 
     def batch(
         self,
@@ -340,11 +346,10 @@ class ArrayTask(Task):
     ) -> Batch:
         check_int("batch_size", batch_size)
         self._no_seq_len(seq_len)
-        inputs, labels = self._split_data(split)
         if generator is None:
             generator = default_generator(self)
-        idx = torch.randint(0, labels.shape[0], (batch_size,), generator=generator)
-        return self._to_batch(inputs[idx], labels[idx])
+        idx = torch.randint(0, self.split_size(split), (batch_size,), generator=generator)
+        return self._take(split, idx)
 
     def iter_split(
         self,
@@ -355,13 +360,11 @@ class ArrayTask(Task):
     ) -> Iterator[Batch]:
         check_int("batch_size", batch_size)
         self._no_seq_len(seq_len)
-        inputs, labels = self._split_data(split)
-        total = labels.shape[0]
+        total = self.split_size(split)
         if max_samples is not None:
             total = min(total, check_int("max_samples", max_samples))
         for start in range(0, total, batch_size):
-            stop = min(start + batch_size, total)
-            yield self._to_batch(inputs[start:stop], labels[start:stop])
+            yield self._take(split, slice(start, min(start + batch_size, total)))
 
     def chance(self) -> float:
         return 1.0 / self.output_size

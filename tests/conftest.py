@@ -51,3 +51,12 @@ def triton_kernels():
         if not isinstance(_triton._apply_kernel, InterpretedFunction):
             pytest.fail("memrnn.ops._triton was imported before TRITON_INTERPRET was set")
     return _triton
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: threads only add contention on tiny tensors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,14 +11,7 @@ from memrnn.cli import main, parse_overrides
 from memrnn.models import list_models
 from memrnn.train import UsageError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads only add contention on the tiny tensors of these tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODEL = "bmru-small" if "bmru-small" in list_models() else list_models()[0]

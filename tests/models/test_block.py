@@ -8,14 +8,7 @@ from memrnn.models import Block
 from memrnn.models.block import GLUMLP, build_unit
 from memrnn.units import UNITS, RecurrentUnit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads only add contention on the tiny tensors of these tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class EMAState(NamedTuple):

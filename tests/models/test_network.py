@@ -4,14 +4,7 @@ import torch
 from memrnn.models import ModelConfig, Network, build_model, list_models, model_config
 from memrnn.units import UNITS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads only add contention on the tiny tensors of these tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 T = 7

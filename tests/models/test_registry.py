@@ -15,14 +15,7 @@ from memrnn.models import (
 from memrnn.tasks.registry import create_task
 from memrnn.units import UNITS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads only add contention on the tiny tensors of these tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(name: str, task) -> ModelConfig:

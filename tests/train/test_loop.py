@@ -8,14 +8,7 @@ from memrnn.train import UsageError, load_model, read_metrics, resolve_config, t
 from memrnn.train.loop import evaluate, lr_factor, param_groups
 from memrnn.units import UNITS, RecurrentUnit, is_no_weight_decay
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads only add contention on the tiny tensors of these tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model() -> str:

@@ -18,8 +18,11 @@ the sinusoidal code, whose values past step 100 were never seen in training, bot
 the annealed CMRU from T = 1k on (accuracy 0.999996, 0.99994, 0.99998 at 1k, 10k, 100k), the
 BMRU at 100k (0.99998).
 Classification configs that run at one fixed length ask for `positional: sinusoidal`
-themselves (experiments/configs/digits-positional.yaml). The other units (LRU, minGRU, GRU,
-...) keep plain blocks: they reach 0.84-0.98 on digits without them.
+and a kernel-8 convolution themselves (experiments/configs/digits-positional.yaml; kernel 8
+raised the CMRU from 0.950 to 0.978 on digits in a seed-0 probe, digits-kernel-probe): with
+them, 3 seeds, 3000 steps, the BMRU reaches 0.922 and the CMRU 0.967 on digits, against 0.971
+for the LRU given the same recipe. The other units (LRU, minGRU, GRU, ...) keep plain blocks
+by default: they reach 0.84-0.98 on digits without them.
 
     >>> model = create_model("bmru-small", input_size=1, output_size=10)
     >>> list_models()[:3]

@@ -60,3 +60,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_flags() -> list[str]:
+    """Command-line flags that make a `memrnn train` run take a second: short sequences,
+    batches of 4, width 8, no progress bar, no TensorBoard."""
+    return [
+        "--seq-len", "10", "--batch-size", "4", "--eval-samples", "8", "--log-every", "1",
+        "--model.d_model", "8", "--no-progress", "--tensorboard", "false",
+    ]  # fmt: skip

@@ -18,23 +18,6 @@ import torch
 from memrnn.cli import main
 from memrnn.train.checkpoint import CheckpointError, load_training
 
-TINY = [
-    "--seq-len",
-    "10",
-    "--batch-size",
-    "4",
-    "--eval-samples",
-    "8",
-    "--log-every",
-    "1",
-    "--model.d_model",
-    "8",
-    "--no-progress",
-    "--tensorboard",
-    "false",
-]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -56,12 +39,12 @@ def _replace_with_manifest(folder, name: str, data: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
+def planted(tmp_path_factory, tiny_flags):
     """A run folder whose every checkpoint's training.pt carries the payload."""
     root = tmp_path_factory.mktemp("planted")
     run = root / "run"
     args = ["train", "--model", "gru-small", "--task", "flip-flop", "--steps", "2"]
-    assert main([*args, "--out", str(run), *TINY]) == 0
+    assert main([*args, "--out", str(run), *tiny_flags]) == 0
     marker = root / "PAYLOAD_RAN"
     for tag in ("last", "best"):
         # Our own file, just written: safe to read in full.
@@ -110,12 +93,12 @@ def test_load_training_refuses_objects_and_names_them(tmp_path):
     assert not marker.exists()
 
 
-def test_a_checkpoint_of_an_earlier_version_loads_and_resumes(tmp_path, capsys):
+def test_a_checkpoint_of_an_earlier_version_loads_and_resumes(tmp_path, capsys, tiny_flags):
     """Earlier versions saved numpy's RNG state as numpy's own tuple (an ndarray inside)."""
     args = ["train", "--model", "gru-small", "--task", "flip-flop", "--steps", "4"]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert main([*args, "--out", str(full), *TINY]) == 0
-    assert main([*args, "--out", str(cut), "--stop-at", "2", *TINY]) == 0
+    assert main([*args, "--out", str(full), *tiny_flags]) == 0
+    assert main([*args, "--out", str(cut), "--stop-at", "2", *tiny_flags]) == 0
     folder = cut / "last"
     state = load_training(folder)
     numpy_state = state["rng"]["numpy"]
@@ -141,9 +124,9 @@ def test_a_checkpoint_of_an_earlier_version_loads_and_resumes(tmp_path, capsys):
         torch.testing.assert_close(value, b.state_dict()[key], rtol=0, atol=0, msg=key)
 
 
-def test_saved_rng_states_are_plain_tensors_and_values(tmp_path):
+def test_saved_rng_states_are_plain_tensors_and_values(tmp_path, tiny_flags):
     args = ["train", "--model", "gru-small", "--task", "flip-flop", "--steps", "1"]
-    assert main([*args, "--out", str(tmp_path / "r"), *TINY]) == 0
+    assert main([*args, "--out", str(tmp_path / "r"), *tiny_flags]) == 0
     rng = load_training(tmp_path / "r" / "last")["rng"]
     # weights_only=True without any allow-list: nothing but tensors and plain values.
     raw = torch.load(tmp_path / "r" / "last" / "training.pt", weights_only=True)

@@ -15,25 +15,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODEL = "bmru-small" if "bmru-small" in list_models() else list_models()[0]
-TINY = [
-    "--seq-len",
-    "10",
-    "--batch-size",
-    "4",
-    "--eval-samples",
-    "8",
-    "--log-every",
-    "1",
-    "--model.d_model",
-    "8",
-    "--no-progress",
-    "--tensorboard",
-    "false",
-]
 
 
-def _train(out, *extra):
-    return main(
+@pytest.fixture(scope="module")
+def train(tiny_flags):
+    """Trains a 3-step flip-flop run into `out` with extra flags; returns the exit status."""
+    return lambda out, *extra: main(
         [
             "train",
             "--model",
@@ -44,15 +31,15 @@ def _train(out, *extra):
             "3",
             "--out",
             str(out),
-            *TINY,
+            *tiny_flags,
             *extra,
         ]
     )
 
 
-def test_train_eval_plot_and_resume(tmp_path, capsys):
+def test_train_eval_plot_and_resume(tmp_path, capsys, train):
     run = tmp_path / "run"
-    assert _train(run, "--stop-at", "2") == 0
+    assert train(run, "--stop-at", "2") == 0
     out = capsys.readouterr().out
     assert "# resolved config" in out and "steps: 3" in out and "stop_at: 2" in out
     assert (run / "last" / "model.safetensors").is_file()
@@ -99,10 +86,10 @@ def test_usage_errors_exit_2_with_one_line(argv, message, capsys, tmp_path, monk
     assert message in err and err.count("\n") == 1 and err.startswith("memrnn: error:")
 
 
-def test_unwritable_output_folder(tmp_path, capsys):
+def test_unwritable_output_folder(tmp_path, capsys, train):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert _train(blocker / "run") == 2
+    assert train(blocker / "run") == 2
     assert "cannot write to output folder" in capsys.readouterr().err
 
 
@@ -140,7 +127,7 @@ def test_demo_quick(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def _text_run(tmp_path):
+def _text_run(tmp_path, tiny_flags):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat; the dog ran to the log. " * 40)
     run = tmp_path / "text"
@@ -156,14 +143,14 @@ def _text_run(tmp_path):
         "3",
         "--out",
         str(run),
-        *TINY,
+        *tiny_flags,
     ]
     assert main(args) == 0
     return run
 
 
-def test_generate_continues_a_prompt_from_the_saved_vocabulary(tmp_path, capsys):
-    run = _text_run(tmp_path)
+def test_generate_continues_a_prompt_from_the_saved_vocabulary(tmp_path, capsys, tiny_flags):
+    run = _text_run(tmp_path, tiny_flags)
     vocab = json.loads((run / "last" / "vocab.json").read_text())["tokens"]
     assert vocab == sorted(set("the cat sat on the mat; the dog ran to the log. "))
     capsys.readouterr()
@@ -180,24 +167,24 @@ def test_generate_continues_a_prompt_from_the_saved_vocabulary(tmp_path, capsys)
     assert "`temperature` must be >= 0" in capsys.readouterr().err
 
 
-def test_generate_and_stream_refuse_the_wrong_kind_of_model(tmp_path, capsys):
+def test_generate_and_stream_refuse_the_wrong_kind_of_model(tmp_path, capsys, train, tiny_flags):
     run = tmp_path / "run"
-    assert _train(run) == 0
+    assert train(run) == 0
     capsys.readouterr()
     assert main(["generate", "--checkpoint", str(run), "--prompt", "a"]) == 2
     assert "generate needs a next-token model" in capsys.readouterr().err
-    text = _text_run(tmp_path)
+    text = _text_run(tmp_path, tiny_flags)
     capsys.readouterr()
     assert main(["stream", "--checkpoint", str(text)]) == 2
     assert "holds a token model" in capsys.readouterr().err
 
 
-def test_stream_prints_one_output_per_stdin_line(tmp_path):
+def test_stream_prints_one_output_per_stdin_line(tmp_path, train):
     from memrnn.inference import prefill
     from memrnn.train import load_model
 
     run = tmp_path / "run"
-    assert _train(run) == 0
+    assert train(run) == 0
     lines = "1 1\n0, 0\n\n# a comment\n0 0\n1 -1\n0 0\n"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -231,12 +218,12 @@ def test_stream_prints_one_output_per_stdin_line(tmp_path):
     )
 
 
-def test_export_writes_a_program_that_steps_like_the_model(tmp_path, capsys):
+def test_export_writes_a_program_that_steps_like_the_model(tmp_path, capsys, train):
     from memrnn.export import StepModule
     from memrnn.train import load_model
 
     run = tmp_path / "run"
-    assert _train(run) == 0
+    assert train(run) == 0
     onnx = importlib.util.find_spec("onnx") is not None
     extra = ["--onnx", str(tmp_path / "step.onnx")] if onnx else []
     assert (
@@ -257,9 +244,9 @@ def test_export_writes_a_program_that_steps_like_the_model(tmp_path, capsys):
         torch.testing.assert_close(got[0], step(x, *state)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_eval_of_a_damaged_checkpoint_exits_2_with_one_line(tmp_path, capsys):
+def test_eval_of_a_damaged_checkpoint_exits_2_with_one_line(tmp_path, capsys, train):
     run = tmp_path / "run"
-    assert _train(run) == 0
+    assert train(run) == 0
     (run / "best" / "training.pt").write_bytes(b"")
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run)]) == 2
@@ -267,8 +254,8 @@ def test_eval_of_a_damaged_checkpoint_exits_2_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "training.pt has 0 bytes" in err
 
 
-def test_eval_of_a_text_model_encodes_with_the_saved_vocabulary(tmp_path, capsys):
-    run = _text_run(tmp_path)
+def test_eval_of_a_text_model_encodes_with_the_saved_vocabulary(tmp_path, capsys, tiny_flags):
+    run = _text_run(tmp_path, tiny_flags)
     corpus = tmp_path / "corpus.txt"
     # The corpus loses its 'a's: a vocabulary rebuilt from it would shift every later id.
     corpus.write_text(corpus.read_text().replace("a", "o"))
@@ -288,9 +275,9 @@ def test_eval_of_a_text_model_encodes_with_the_saved_vocabulary(tmp_path, capsys
     assert err.count("\n") == 1 and "characters outside `vocab` ('Z')" in err
 
 
-def test_progress_is_a_bar_only_on_a_terminal(tmp_path, capsys):
+def test_progress_is_a_bar_only_on_a_terminal(tmp_path, capsys, tiny_flags):
     args = ["train", "--model", MODEL, "--task", "flip-flop", "--steps", "40", "--out"]
-    tiny = [t for t in TINY if t != "--no-progress"]
+    tiny = [t for t in tiny_flags if t != "--no-progress"]
     assert main([*args, str(tmp_path / "run"), *tiny, "--log-every", "10"]) == 0
     err = capsys.readouterr().err
     # Not a terminal (captured): plain lines every 40/20 = 2 steps, no carriage returns.
@@ -322,9 +309,9 @@ def test_a_bare_train_prints_usage_and_starts_nothing(tmp_path, capsys, monkeypa
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, train):
     run = tmp_path_factory.mktemp("tiny") / "run"
-    assert _train(run) == 0
+    assert train(run) == 0
     return run
 
 
@@ -362,13 +349,13 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tiny_run, tmp_path, cap
     assert err.count("\n") == 1 and err.startswith("memrnn: error:") and message in err
 
 
-def test_an_unwritable_plot_names_the_path(tmp_path, capsys, monkeypatch):
+def test_an_unwritable_plot_names_the_path(tmp_path, capsys, monkeypatch, train):
     import errno
 
     import matplotlib.figure
 
     run = tmp_path / "run"
-    assert _train(run) == 0
+    assert train(run) == 0
 
     def read_only(self, path, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
@@ -381,10 +368,10 @@ def test_an_unwritable_plot_names_the_path(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and f"'{tmp_path / 'ro' / 'c.png'}': Permission denied" in err
 
 
-def test_eval_at_a_length_a_fixed_length_task_cannot_take(tmp_path, capsys):
+def test_eval_at_a_length_a_fixed_length_task_cannot_take(tmp_path, capsys, tiny_flags):
     run = tmp_path / "digits"
     args = ["train", "--model", MODEL, "--task", "digits", "--steps", "1", "--out", str(run)]
-    assert main([*args, *[t for t in TINY if t not in ("--seq-len", "10")]]) == 0
+    assert main([*args, *tiny_flags[2:]]) == 0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--seq-len", "128"]) == 2
     err = capsys.readouterr().err

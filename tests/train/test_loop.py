@@ -5,7 +5,13 @@ import torch
 
 from memrnn.models import list_models
 from memrnn.train import UsageError, load_model, read_metrics, resolve_config, train
-from memrnn.train.loop import evaluate, lr_factor, param_groups
+from memrnn.train.loop import (
+    evaluate,
+    flush_denormals,
+    flushing_denormals,
+    lr_factor,
+    param_groups,
+)
 from memrnn.units import UNITS, RecurrentUnit, is_no_weight_decay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -174,3 +180,37 @@ def test_build_task_takes_the_length_from_either_place():
     assert build_task("copy-first-input", 50, seq_len=50).seq_len == 50
     with pytest.raises(UsageError, match="--seq-len 30 conflicts with --task.seq_len 40"):
         build_task("copy-first-input", 30, seq_len=40)
+
+
+def test_flush_denormals_turns_the_mode_on_and_restores_it():
+    assert not flushing_denormals()
+    tiny = torch.tensor([1e-39])  # a float32 subnormal
+    with flush_denormals():
+        assert flushing_denormals() and (tiny * 1.0).item() == 0.0
+        with flush_denormals():
+            assert flushing_denormals()
+        assert flushing_denormals()  # an inner block restores the outer block's setting
+    assert not flushing_denormals() and (tiny * 1.0).item() == pytest.approx(1e-39)
+
+
+def test_training_and_evaluation_flush_subnormals(tmp_path, monkeypatch):
+    import memrnn.train.loop as loop
+
+    seen = []
+    real_loop = loop._loop
+
+    def spy(run):
+        seen.append(("train", flushing_denormals()))
+        return real_loop(run)
+
+    monkeypatch.setattr(loop, "_loop", spy)
+    result = train(_config(tmp_path, steps=2, eval_every=2))
+    assert seen == [("train", True)] and not flushing_denormals()
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, lengths=None):
+            seen.append(("eval", flushing_denormals()))
+            return result.model(x, lengths=lengths)
+
+    evaluate(Spy(), result.task, samples=8, batch_size=8)
+    assert seen[-1] == ("eval", True) and not flushing_denormals()

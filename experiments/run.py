@@ -155,8 +155,13 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+PARAMS_TOLERANCE = 0.1  # how far from `target_params` the closest width may land
+
+
 def width_for_params(model: str, task: Any, overrides: dict[str, Any], target: int) -> int:
-    """The d_model whose parameter count is closest to `target` (counts grow with d_model)."""
+    """The d_model whose parameter count is closest to `target` (counts grow with d_model).
+    Raises ExperimentError when even that count is more than 10% away, e.g. when parameters
+    that do not grow with the width (a learned positional table) already pass the target."""
     from memrnn.models.registry import create_model_for_task
 
     def params(d: int) -> int:
@@ -169,7 +174,14 @@ def width_for_params(model: str, task: Any, overrides: dict[str, Any], target: i
             lo = mid
         else:
             hi = mid
-    return min((lo, hi), key=lambda d: abs(params(d) - target))
+    best = min((lo, hi), key=lambda d: abs(params(d) - target))
+    if abs(params(best) - target) > PARAMS_TOLERANCE * target:
+        raise ExperimentError(
+            f"{model}: no d_model gives about {target} parameters (target_params); the closest, "
+            f"d_model {best}, has {params(best)}. Make the parts that do not grow with the width "
+            "smaller (e.g. positional_max_len) or change target_params"
+        )
+    return best
 
 
 def model_overrides(cfg: dict[str, Any], spec: dict[str, Any], task: Any) -> dict[str, Any]:

@@ -48,6 +48,20 @@ def test_unknown_names_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "unknown 'no-such-model'" in capsys.readouterr().err
 
 
+def test_an_unreachable_parameter_target_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A learned positional table of 4096 x 16 rows alone is 65 536 parameters.
+    bad = tmp_path / "big.yaml"
+    bad.write_text(
+        "name: big\ntask: digits\ntarget_params: 20000\n"
+        "models: {x: {model: cmru-small, overrides: {positional: learned}}}\n"
+    )
+    assert run.main([str(bad), "--quick", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "cmru-small: no d_model gives about 20000 parameters" in err and "d_model 2," in err
+
+
 def test_data_experiment_without_files_is_skipped_in_quick_mode(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -99,3 +99,42 @@ def test_written_pages_never_cite_outside_files(site):
             continue
         text = page.read_text(encoding="utf-8")
         assert not re.search(r"SPEC(\.md)?\b", text), page
+
+
+def _modules_with_examples() -> list[str]:
+    import pkgutil
+
+    import memrnn
+
+    names = [m.name for m in pkgutil.walk_packages(memrnn.__path__, "memrnn.")]
+    # Triton kernels need triton (an optional extra); __main__ runs the command line.
+    return sorted(n for n in names if "triton" not in n and not n.endswith("__main__"))
+
+
+@pytest.mark.parametrize("name", _modules_with_examples())
+def test_docstring_examples_run(name, tmp_path, monkeypatch):
+    """Every `>>>` example in the library's docstrings runs and prints what it shows. An example
+    may use, without importing them, torch, numpy as np, Path, tempfile and the names of
+    `memrnn`, `memrnn.models` and `memrnn.units`."""
+    import doctest
+    import importlib
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    import memrnn
+    import memrnn.models
+    import memrnn.units
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    extra = {"torch": torch, "np": np, "Path": Path, "tempfile": tempfile}
+    for package in (memrnn, memrnn.models, memrnn.units):
+        extra.update({k: getattr(package, k) for k in getattr(package, "__all__", [])})
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(module, name):
+        test.globs = {**extra, **test.globs}
+        runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0, f"{results.failed} docstring example(s) of {name} failed"

@@ -22,10 +22,14 @@ and a kernel-8 convolution themselves (experiments/configs/digits-positional.yam
 raised the CMRU from 0.950 to 0.978 on digits in a seed-0 probe, digits-kernel-probe): with
 them, 3 seeds, 3000 steps, the BMRU reaches 0.922 and the CMRU 0.967 on digits, against 0.971
 for the LRU given the same recipe. The other units (LRU, minGRU, GRU, ...) keep plain blocks
-by default: they reach 0.84-0.98 on digits without them.
+by default, so that a baseline is the network its paper describes: they reach 0.84-0.98 on
+digits without the recipe and 0.958-0.971 with it (3 seeds: minGRU 0.835 -> 0.964, GRU
+0.943 -> 0.971, BRC 0.867 -> 0.964; the LRU 0.980 -> 0.971); ask for it with
+`positional`, `output_gate`, `residual_scale` and `conv_kernel`.
 
     >>> model = create_model("bmru-small", input_size=1, output_size=10)
-    >>> list_models()[:3]
+    >>> "bmru-small" in list_models()
+    True
 """
 
 from __future__ import annotations

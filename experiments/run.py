@@ -226,9 +226,12 @@ def run_one(
     device: str,
     data_dir: str | None,
     fresh: bool = False,
+    commit: str = "",
 ) -> list[dict[str, Any]]:
     """Trains (or, unless `fresh`, resumes from the last intact checkpoint in `run_dir`, so a
-    killed experiment redoes no finished run) and evaluates one (model, value, seed)."""
+    killed experiment redoes no finished run) and evaluates one (model, value, seed).
+    The rows carry the commit the run started training at (`run_dir/commit.txt`, written when
+    a run starts from step 0), not that of a later invocation that only resumes or evaluates it."""
     from memrnn.train import build_task, evaluate, resolve_config, train
 
     spec = cfg["models"][label]
@@ -268,6 +271,10 @@ def run_one(
     started = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - started
+    stamp = run_dir / "commit.txt"
+    if commit and (not resume or not stamp.is_file()):
+        stamp.write_text(commit + "\n")
+    trained_at = stamp.read_text().strip() if stamp.is_file() else commit
     model, task = result.model, result.task
     rows = []
     for ev in evaluations(cfg):
@@ -300,6 +307,7 @@ def run_one(
                 "loss": loss,
                 **metrics,
                 **spike_rates(model),
+                "commit": trained_at,
             }
         )
     return rows
@@ -643,9 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.device,
                         args.data_dir,
                         fresh=args.fresh,
+                        commit=commit,
                     )
-                    for row in new:
-                        row["commit"] = commit
                     rows += new
                     if metrics is None:
                         from memrnn.tasks.registry import get_task_class

@@ -112,7 +112,9 @@ def test_quick_experiment_runs(tmp_path: Path) -> None:
         assert f"| {label} |" in text
 
 
-def test_rerun_resumes_finished_runs_and_fresh_retrains(tmp_path: Path) -> None:
+def test_rerun_resumes_finished_runs_and_fresh_retrains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         "name: tiny\ntask: flip-flop-echo\ntask_kwargs: {train_len: 12, delay: 2}\n"
@@ -141,10 +143,16 @@ def test_rerun_resumes_finished_runs_and_fresh_retrains(tmp_path: Path) -> None:
     assert again[0]["loss"] == first[0]["loss"] and again[0]["steps"] == "4"
     assert again[0]["train_s"] == first[0]["train_s"]
     assert log.read_text() == logged
+    # Rows keep the commit the run was trained at, whatever the commit of a later evaluation.
+    import benchmarks.common
+
+    monkeypatch.setattr(benchmarks.common, "git_commit", lambda: "later")
+    assert run.main([str(cfg), "--out", str(out)]) == 0
+    assert rows()[0]["commit"] == first[0]["commit"] != "later"
     assert (run_dir / "last" / "manifest.json").stat().st_mtime_ns == saved
     # --fresh trains from step 0 and checkpoints anew (same seed: the same weights).
     assert run.main([str(cfg), "--out", str(out), "--fresh"]) == 0
-    assert rows()[0]["loss"] == first[0]["loss"]
+    assert rows()[0]["loss"] == first[0]["loss"] and rows()[0]["commit"] == "later"
     assert (run_dir / "last" / "manifest.json").stat().st_mtime_ns > saved
 
 

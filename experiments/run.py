@@ -231,8 +231,10 @@ def run_one(
     """Trains (or, unless `fresh`, resumes from the last intact checkpoint in `run_dir`, so a
     killed experiment redoes no finished run) and evaluates one (model, value, seed).
     The rows carry the commit the run started training at (`run_dir/commit.txt`, written when
-    a run starts from step 0), not that of a later invocation that only resumes or evaluates it."""
+    a run starts from step 0, or by the first invocation that finds a run folder without one),
+    not that of a later invocation that only resumes or evaluates it."""
     from memrnn.train import build_task, evaluate, resolve_config, train
+    from memrnn.train.runfolder import atomic_write_text
 
     spec = cfg["models"][label]
     task_kwargs = merge(cfg.get("task_kwargs") or {}, spec.get("task_kwargs") or {})
@@ -268,13 +270,16 @@ def run_one(
         },
         overrides_are_text=False,
     )
+    # Before training, so that a run killed midway keeps the commit it started at; a new
+    # run's overwrite removes only the run files, not this one.
+    stamp = run_dir / "commit.txt"
+    if commit and (not resume or not stamp.is_file()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, commit + "\n")
+    trained_at = stamp.read_text().strip() if stamp.is_file() else commit
     started = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - started
-    stamp = run_dir / "commit.txt"
-    if commit and (not resume or not stamp.is_file()):
-        stamp.write_text(commit + "\n")
-    trained_at = stamp.read_text().strip() if stamp.is_file() else commit
     model, task = result.model, result.task
     rows = []
     for ev in evaluations(cfg):

@@ -40,6 +40,40 @@ def _outputs_and_gradients(
     return [o.detach() for o in outputs] + grads
 
 
+def _assert_agree(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], tol: float):
+    """Each tensor of `got` equals its partner in `expected` within `tol` of the partner's
+    largest magnitude (at least 1): weight gradients are sums over B T terms."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        scale = e.abs().max().clamp_min(1.0) if e.numel() else 1.0
+        torch.testing.assert_close(g.cpu() / scale, e / scale, rtol=tol, atol=tol)
+
+
+@pytest.fixture
+def outputs_and_gradients() -> Callable[..., list[torch.Tensor]]:
+    """`run(fn, args)`: every output of `fn(*args)`, then the gradients of one loss reaching
+    all of them with respect to every tensor argument that requires one."""
+    return _outputs_and_gradients
+
+
+@pytest.fixture
+def assert_agree() -> Callable[..., None]:
+    """`check(got, expected, tol)` on two lists from `outputs_and_gradients`."""
+    return _assert_agree
+
+
+@pytest.fixture
+def agree() -> Callable[..., None]:
+    """`check(fn, reference, args, tol)`: `fn(*args)` and `reference(*args)` give the same
+    outputs and gradients (see `outputs_and_gradients`) within `tol`, relative to size."""
+
+    def check(fn, reference, args: Sequence[object], tol: float) -> None:
+        got = _outputs_and_gradients(fn, args)
+        _assert_agree(got, _outputs_and_gradients(reference, args), tol)
+
+    return check
+
+
 @pytest.fixture
 def compare_to_naive() -> Callable[..., None]:
     """`check(op, name, backend, args, dtype)`: `memrnn.ops.<op>.<backend>.<name>(*args)` and
@@ -61,10 +95,6 @@ def compare_to_naive() -> Callable[..., None]:
         ]
         got = _outputs_and_gradients(dispatch.implementation(op, backend, name), moved)
         expected = _outputs_and_gradients(dispatch.implementation(op, "naive", name), args)
-        assert len(got) == len(expected)
-        tol = TOLERANCE[dtype]
-        for g, e in zip(got, expected, strict=True):
-            scale = e.abs().max().clamp_min(1.0) if e.numel() else 1.0
-            torch.testing.assert_close(g.cpu() / scale, e / scale, rtol=tol, atol=tol)
+        _assert_agree(got, expected, TOLERANCE[dtype])
 
     return check

@@ -11,7 +11,6 @@ from memrnn.units import BRC, NBRC
 
 F64 = torch.float64
 needs_numba = pytest.mark.skipif(not brc_native.AVAILABLE, reason="needs numba")
-TOLERANCES = {torch.float32: {"rtol": 1e-4, "atol": 1e-5}, F64: {"rtol": 1e-10, "atol": 1e-10}}
 
 
 def _arguments(B, T, H, dense, dtype, seed=0):
@@ -29,24 +28,6 @@ def _reference(drive, h0, weight, dense):
     return dispatch.implementation("brc", "naive", "bistable_layer")(drive, h0, weight, dense)
 
 
-def _run(fn, args, dense, seed=1):
-    """Output and the gradients of every argument."""
-    h = fn(*args, dense)
-    gh = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    # The final state gets a gradient of its own, as a carried state does.
-    loss = (h * gh.to(h.dtype)).sum() + h[:, -1].square().sum()
-    return h, torch.autograd.grad(loss, args)
-
-
-def _assert_same(got, expected, dtype):
-    (h, grads), (h_ref, grads_ref) = got, expected
-    torch.testing.assert_close(h, h_ref, **TOLERANCES[dtype])
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        # The weight's gradient is a sum over B T terms: compared relative to its size.
-        scale = g_ref.abs().max().clamp_min(1.0)
-        torch.testing.assert_close(g / scale, g_ref / scale, **TOLERANCES[dtype])
-
-
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -57,9 +38,9 @@ def test_backend_equals_naive(compare_to_naive, backend, dense, dtype, T):
 
 
 @needs_numba
-def test_numba_equals_naive_over_a_long_sequence():
+def test_numba_equals_naive_over_a_long_sequence(agree):
     args = _arguments(2, 1000, 6, True, F64)
-    _assert_same(_run(bistable_layer, args, True), _run(_reference, args, True), F64)
+    agree(bistable_layer, _reference, [*args, True], 1e-10)
 
 
 @needs_numba
@@ -71,13 +52,12 @@ def test_gradcheck_float64(dense):
 
 @needs_numba
 @pytest.mark.parametrize("dense", [False, True])
-def test_threaded_kernels_equal_serial(monkeypatch, dense):
+def test_threaded_kernels_equal_serial(monkeypatch, outputs_and_gradients, dense):
     args = _arguments(5, 40, 33, dense, F64)
     results = []
     for threshold in (0, 1 << 40):
         monkeypatch.setattr(brc_native, "PARALLEL_MIN_ELEMENTS", threshold)
-        h, grads = _run(bistable_layer, args, dense)
-        results.append([h, *grads])
+        results.append(outputs_and_gradients(bistable_layer, [*args, dense]))
     for x, y in zip(*results, strict=True):
         assert torch.equal(x, y)
 

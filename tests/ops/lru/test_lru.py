@@ -11,7 +11,7 @@ from memrnn.units.lru import LRU, LRUState
 
 F64 = torch.float64
 needs_numba = pytest.mark.skipif(not lru_native.AVAILABLE, reason="needs numba")
-TOLERANCES = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, F64: {"rtol": 1e-10, "atol": 1e-10}}
+TOLERANCE = {torch.float32: 1e-5, F64: 1e-10}
 
 
 def _arguments(B: int, T: int, H: int, N: int, dtype: torch.dtype, with_h0: bool, seed: int = 0):
@@ -37,29 +37,6 @@ def _arguments(B: int, T: int, H: int, N: int, dtype: torch.dtype, with_h0: bool
     return args
 
 
-def _run(fn, args, seed: int = 1):
-    """Output, final state and the gradients of every argument that requires them."""
-    y, h_last = fn(*args)
-    g = torch.Generator().manual_seed(seed)
-    gy = torch.randn(y.shape, generator=g, dtype=F64).to(y.dtype)
-    gh = torch.randn(h_last.shape, generator=g, dtype=F64).to(y.dtype)
-    loss = (y * gy).sum() + (h_last * gh).sum()
-    wanted = [a for a in args if a.requires_grad]
-    return y, h_last, torch.autograd.grad(loss, wanted)
-
-
-def _assert_same(got, expected, dtype: torch.dtype) -> None:
-    y, h_last, grads = got
-    y_ref, h_ref, grads_ref = expected
-    torch.testing.assert_close(y, y_ref, **TOLERANCES[dtype])
-    torch.testing.assert_close(h_last, h_ref, **TOLERANCES[dtype])
-    assert len(grads) == len(grads_ref)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        # Gradients of the weights are sums over B T terms: compared relative to their size.
-        scale = g_ref.abs().max().clamp_min(1.0)
-        torch.testing.assert_close(g / scale, g_ref / scale, **TOLERANCES[dtype])
-
-
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("with_h0", [False, True])
@@ -70,28 +47,28 @@ def test_backend_equals_naive(compare_to_naive, backend, dtype, with_h0, T):
 
 
 @needs_numba
-def test_numba_equals_torch_over_a_long_sequence():
+def test_numba_equals_torch_over_a_long_sequence(agree):
     args = _arguments(3, 1000, 6, 5, F64, True)
-    _assert_same(_run(lru_native.lru_layer, args), _run(lru_layer_torch, args), F64)
+    agree(lru_native.lru_layer, lru_layer_torch, args, TOLERANCE[F64])
 
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("rows", [1, 5, 16, 64])
-def test_chunks_across_batch_rows(monkeypatch, dtype, rows):
+def test_chunks_across_batch_rows(monkeypatch, agree, dtype, rows):
     # Chunks of 5 and 64 rows start and end inside batch rows of 16 steps and span several.
     monkeypatch.setattr(lru_native, "CHUNK_ROWS", rows)
     args = _arguments(5, 16, 4, 3, dtype, with_h0=True)
-    _assert_same(_run(lru_layer, args), _run(lru_layer_torch, args), dtype)
+    agree(lru_layer, lru_layer_torch, args, TOLERANCE[dtype])
 
 
 @needs_numba
-def test_non_contiguous_input():
+def test_non_contiguous_input(agree):
     args = _arguments(3, 7, 4, 3, F64, with_h0=True)
     u = args[0].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
     assert not u.is_contiguous()
     args = [u, *args[1:]]
-    _assert_same(_run(lru_layer, args), _run(lru_layer_torch, args), F64)
+    agree(lru_layer, lru_layer_torch, args, TOLERANCE[F64])
 
 
 @needs_numba
@@ -133,10 +110,10 @@ def test_no_grad_forward_matches(monkeypatch, rows):
 def _unit_results(unit: LRU, x: torch.Tensor, h0: torch.Tensor):
     y, state = unit(x, LRUState(h0))
     loss = y.pow(2).sum() + (state.h * state.h.conj()).real.sum()
-    return y, state.h, torch.autograd.grad(loss, [x, h0, *unit.parameters()])
+    return [y, state.h, *torch.autograd.grad(loss, [x, h0, *unit.parameters()])]
 
 
-def test_unit_without_numba_uses_the_torch_path(monkeypatch):
+def test_unit_without_numba_uses_the_torch_path(monkeypatch, assert_agree):
     torch.manual_seed(0)
     unit = LRU(3, 6, output_size=4, state_size=5, dtype=F64)
     x = torch.randn(2, 13, 3, dtype=F64, requires_grad=True)
@@ -152,8 +129,8 @@ def test_unit_without_numba_uses_the_torch_path(monkeypatch):
     monkeypatch.setattr(lru_native, "AVAILABLE", False)
     monkeypatch.setattr(lru_native._LRULayer, "apply", no_kernel)
     fallback = _unit_results(unit, x, h0)
-    _assert_same(compiled, expected, F64)
-    _assert_same(fallback, expected, F64)
+    assert_agree(compiled, expected, TOLERANCE[F64])
+    assert_agree(fallback, expected, TOLERANCE[F64])
 
 
 def test_auto_uses_torch_off_cpu_or_in_other_dtypes():

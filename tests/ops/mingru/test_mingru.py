@@ -12,7 +12,7 @@ from memrnn.units.mingru import MinGRU
 
 F64 = torch.float64
 needs_numba = pytest.mark.skipif(not mingru_native.AVAILABLE, reason="needs numba")
-TOLERANCES = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, F64: {"rtol": 1e-10, "atol": 1e-10}}
+TOLERANCE = {torch.float32: 1e-5, F64: 1e-10}
 
 
 def _arguments(B, T, D, H, dtype, with_h0=True, bias=True, seed=0):
@@ -32,26 +32,8 @@ def _arguments(B, T, D, H, dtype, with_h0=True, bias=True, seed=0):
     return args
 
 
-def _run(fn, args, seed=1):
-    """Output and the gradients of every argument that requires them."""
-    h = fn(*args)
-    gh = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    wanted = [a for a in args if a is not None and a.requires_grad]
-    return h, torch.autograd.grad((h * gh.to(h.dtype)).sum(), wanted)
-
-
 def _reference(x, weight, bias, h0):
     return dispatch.implementation("mingru", "naive", "mingru_layer")(x, weight, bias, h0)
-
-
-def _assert_same(got, expected, dtype):
-    (h, grads), (h_ref, grads_ref) = got, expected
-    torch.testing.assert_close(h, h_ref, **TOLERANCES[dtype])
-    assert len(grads) == len(grads_ref)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        # Gradients of the weights are sums over B T terms: compared relative to their size.
-        scale = g_ref.abs().max().clamp_min(1.0)
-        torch.testing.assert_close(g / scale, g_ref / scale, **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
@@ -64,21 +46,21 @@ def test_backend_equals_naive(compare_to_naive, backend, dtype, with_h0, T):
 
 
 @needs_numba
-def test_numba_equals_torch_over_a_long_sequence():
+def test_numba_equals_torch_over_a_long_sequence(agree):
     args = _arguments(3, 1000, 6, 5, F64)
-    _assert_same(_run(mingru_native.mingru_layer, args), _run(mingru_layer_torch, args), F64)
+    agree(mingru_native.mingru_layer, mingru_layer_torch, args, TOLERANCE[F64])
 
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("rows", [1, 5, 16, 64])
-def test_chunks_across_batch_rows(monkeypatch, dtype, rows):
+def test_chunks_across_batch_rows(monkeypatch, agree, dtype, rows):
     # Chunks of 5 and 64 rows start and end inside batch rows of 16 steps and span several;
     # 200 steps per batch row cross the kernel's blocks of summed rows.
     monkeypatch.setattr(mingru_native, "CHUNK_ROWS", rows)
     for T in (16, 200):
         args = _arguments(5, T, 4, 3, dtype)
-        _assert_same(_run(mingru_layer, args), _run(_reference, args), dtype)
+        agree(mingru_layer, _reference, args, TOLERANCE[dtype])
 
 
 @needs_numba
@@ -169,7 +151,7 @@ def test_native_forward_errors(monkeypatch, available, tensor, match):
 
 @needs_numba
 @pytest.mark.parametrize("rows", [7, 64])
-def test_threaded_kernels_equal_serial(monkeypatch, rows):
+def test_threaded_kernels_equal_serial(monkeypatch, agree, outputs_and_gradients, rows):
     # Chunks of 7 rows hold 1-2 batch row segments (channels split across threads); chunks
     # of 64 rows hold several segments. Threaded and serial runs give the same bits.
     monkeypatch.setattr(mingru_native, "CHUNK_ROWS", rows)
@@ -177,11 +159,10 @@ def test_threaded_kernels_equal_serial(monkeypatch, rows):
     results = []
     for threshold in (0, 1 << 40):
         monkeypatch.setattr(mingru_native, "PARALLEL_MIN_ELEMENTS", threshold)
-        h, grads = _run(mingru_layer, args)
-        results.append([h, *grads])
+        results.append(outputs_and_gradients(mingru_layer, args))
     for x, y in zip(*results, strict=True):
         assert torch.equal(x, y)
-    _assert_same(_run(mingru_layer, args), _run(_reference, args), F64)
+    agree(mingru_layer, _reference, args, TOLERANCE[F64])
 
 
 @needs_numba

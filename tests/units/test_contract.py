@@ -14,6 +14,13 @@ can flip where |c| - beta is within rounding (~1e-7) of zero, which changes the 
 is not a bug. Rather than loosen the check, the float32 inputs are redrawn until every threshold
 margin exceeds 1e-5 (units expose `threshold_margin(x)`); in float64 a flip needs a margin of
 ~1e-16 and cannot happen at these sizes, so float64 inputs are used as drawn.
+
+The SRC's fast positive feedback amplifies a 1-ulp difference in its input drive W x near a spike
+onset: in float32 the step path (one GEMM per step) and the sequence path (one GEMM) round
+W x differently in ~40% of entries, and over 1000 steps outputs drift apart by ~3e-5. For such
+units (`EXACT_DRIVE`) the float32 inputs and input weights are put on a grid on which that GEMM
+is exact, so every way receives the same drive and the rest of the computation is compared at
+the usual tolerance.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ B, D, H = 2, 3, 4
 LENGTHS = (1, 7, 63, 1000)
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 FLOAT32_MARGIN = 1e-5
+# Units whose float32 check runs with an exact input GEMM, with the names of its weights.
+EXACT_DRIVE = {"src": ("weight_s",)}
 
 
 def _build(name: str, dtype: torch.dtype) -> nn.Module:
@@ -55,6 +64,19 @@ def _draw_input(unit: nn.Module, T: int, dtype: torch.dtype, seed: int = 0) -> T
         if dtype == torch.float64 or _margins_ok(unit, x):
             return x
     pytest.fail("no float32 input kept every threshold margin above FLOAT32_MARGIN")
+
+
+def _exact_drive(name: str, unit: nn.Module, x: Tensor) -> Tensor:
+    """x on multiples of 2^-6 in (-4, 4) and the unit's input weights on multiples of 2^-10
+    in (-8, 8): every product is a multiple of 2^-16 below 2^5, so sums of a few of them need
+    fewer than 24 bits and come out exact in float32 in any order."""
+    with torch.no_grad():
+        for weight in EXACT_DRIVE[name]:
+            w = getattr(unit, weight)
+            assert w.abs().max() < 8, f"{name}.{weight} is off the exact grid"
+            w.copy_((w * 2**10).round() / 2**10)
+    assert x.shape[-1] <= 3, "more input channels than the exact grid allows"
+    return ((x * 2**6).round() / 2**6).clamp(-4 + 2**-6, 4 - 2**-6)
 
 
 def _flatten(state: Any) -> list[Tensor]:
@@ -150,6 +172,8 @@ CASES = [
 def test_every_way_agrees(name: str, dtype: torch.dtype, T: int) -> None:
     unit = _build(name, dtype)
     x = _draw_input(unit, T, dtype)
+    if dtype == torch.float32 and name in EXACT_DRIVE:
+        x = _exact_drive(name, unit, x)
     ways = _ways(unit, T)
     results = {how: _run(unit, x, how) for how in ways}
     ref = results[ways[0]]

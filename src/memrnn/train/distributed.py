@@ -140,9 +140,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leaves the process group, if any."""
+def cleanup(wait: bool = True) -> None:
+    """Leaves the process group, if any.
+
+    With `wait` (the normal end of a run) every rank first meets at a barrier, so that no rank
+    tears down its connections while a peer still has a collective in flight: gloo can then
+    abort the peer ("terminate called without an active exception"). Pass `wait=False` on an
+    error path, where a failed peer would never reach the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

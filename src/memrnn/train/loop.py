@@ -399,13 +399,16 @@ def train(config: TrainConfig, echo: bool = False) -> TrainResult:
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if config.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    finished = False
     try:
         with flush_denormals():
-            return _train(config, echo, info)
+            result = _train(config, echo, info)
+        finished = True
+        return result
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         if info.distributed:
-            cleanup()
+            cleanup(wait=finished)
 
 
 class _Progress:

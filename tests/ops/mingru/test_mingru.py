@@ -151,7 +151,7 @@ def test_native_forward_errors(monkeypatch, available, tensor, match):
 
 @needs_numba
 @pytest.mark.parametrize("rows", [7, 64])
-def test_threaded_kernels_equal_serial(monkeypatch, agree, outputs_and_gradients, rows):
+def test_threaded_kernels_equal_serial(monkeypatch, assert_agree, outputs_and_gradients, rows):
     # Chunks of 7 rows hold 1-2 batch row segments (channels split across threads); chunks
     # of 64 rows hold several segments. Threaded and serial runs give the same bits.
     monkeypatch.setattr(mingru_native, "CHUNK_ROWS", rows)
@@ -162,7 +162,7 @@ def test_threaded_kernels_equal_serial(monkeypatch, agree, outputs_and_gradients
         results.append(outputs_and_gradients(mingru_layer, args))
     for x, y in zip(*results, strict=True):
         assert torch.equal(x, y)
-    agree(mingru_layer, _reference, args, TOLERANCE[F64])
+    assert_agree(results[0], outputs_and_gradients(_reference, args), TOLERANCE[F64])
 
 
 @needs_numba

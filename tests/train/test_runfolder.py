@@ -193,16 +193,20 @@ def test_a_damaged_config_yaml_or_metrics_csv_is_a_one_line_error(tmp_path, caps
 
 
 def test_a_full_disk_at_the_start_leaves_no_empty_config(tmp_path, capsys, monkeypatch):
-    def no_space(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_fsync = os.fsync
 
-    monkeypatch.setattr(runfolder.os, "fsync", no_space)
+    def no_space_for_the_config(fd):
+        if ".config.yaml." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(runfolder.os, "fsync", no_space_for_the_config)
     run = tmp_path / "run"
     assert _train(run, "--steps", "2") == 2
     err = _one_error_line(capsys)
     assert "config.yaml': No space left on device; it was not created" in err
     assert not (run / "config.yaml").exists()
-    assert [p.name for p in run.iterdir()] == ["metrics.csv"]
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.csv", "run-files.json"]
 
 
 def test_atomic_write_keeps_the_previous_content(tmp_path, monkeypatch):

@@ -14,7 +14,14 @@ a complete checkpoint: the previous one at <tag> (or, between the two renames, a
 as `prev`, the fallback when `last` turns out damaged.
 
 Loading verifies the manifest: a truncated or altered file raises `CheckpointError` naming
-it (checkpoints written before manifests existed load unverified). Nothing in a checkpoint is
+it (checkpoints written before manifests existed load unverified). A manifest must name the
+weights and the model config, and only plain file names inside its folder; a file in a
+checkpoint may not be a link. Before any weight is loaded the model config is checked
+against size limits (`memrnn.train.config.check_model_size`) and against the size of the
+weights file, and the weights' names, shapes and kinds of dtype against the model it
+describes: a tampered checkpoint is a `CheckpointError`, never a crash or a huge allocation.
+A reader that finds a checkpoint being replaced (caught between the two renames below)
+tries again before calling it damaged. Nothing in a checkpoint is
 unpickled as an arbitrary object: the weights are safetensors, the configs JSON, and
 training.pt is read with `torch.load(weights_only=True)`, which rebuilds tensors and plain
 values only (plus numpy's RNG-state array, which earlier versions saved); any other object
@@ -35,7 +42,7 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,14 @@ from torch import Tensor, nn
 
 from memrnn.models.config import ModelConfig
 from memrnn.models.registry import build_model
+from memrnn.train.config import check_model_size
+from memrnn.train.runfolder import (
+    RunFiles,
+    create_new,
+    make_private_dir,
+    refuse_link,
+    temporary_name,
+)
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
@@ -87,8 +102,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def weights_to_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -107,7 +125,7 @@ def tensors_to_weights(
     tensors: dict[str, Tensor],
     metadata: dict[str, str] | None,
 ) -> dict[str, Tensor]:
-    complex_keys = set(json.loads((metadata or {}).get("complex", "[]")))
+    complex_keys = _complex_keys(metadata)
     return {k: torch.view_as_complex(v) if k in complex_keys else v for k, v in tensors.items()}
 
 
@@ -154,8 +172,19 @@ def _survivor(run_dir: Path, tag: str) -> str:
     return f"no intact {tag!r} checkpoint is left in {str(run_dir)!r}"
 
 
+def _complex_keys(metadata: dict[str, str] | None) -> set[str]:
+    """The names of the complex tensors recorded in a weights file's metadata; ValueError."""
+    try:
+        keys = json.loads((metadata or {}).get("complex", "[]"))
+    except RecursionError:
+        keys = None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError("its metadata 'complex' is not a list of tensor names")
+    return set(keys)
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with os.fdopen(create_new(path), "wb") as f:
         f.write(data)
 
 
@@ -170,7 +199,16 @@ def _save_checkpoint(
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / tag
     old = run_dir / f".{tag}.old"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{tag}.tmp-", dir=run_dir))
+    prev = run_dir / "prev"
+    names = [final.name, old.name] + ([prev.name] if tag == "last" else [])
+    for name in names:
+        refuse_link(run_dir / name)
+    files = RunFiles(run_dir)
+    if files.exists:
+        # A run folder: these names become the run's before they are written.
+        for name in names:
+            files.claim(name)
+    tmp = make_private_dir(temporary_name(final))
     try:
         tensors, metadata = weights_to_tensors(model)
         # Serialised in memory, written with open(): a full disk is an OSError naming the file.
@@ -204,7 +242,6 @@ def _save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if tag == "last" and old.exists():
-        prev = run_dir / "prev"
         shutil.rmtree(prev, ignore_errors=True)
         os.replace(old, prev)
         _fsync_dir(run_dir)
@@ -221,16 +258,22 @@ def verify_checkpoint(folder: str | Path) -> None:
     for name in (WEIGHTS, MODEL_CONFIG):
         if not (folder / name).is_file():
             raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {name} is missing")
+    for name in (WEIGHTS, MODEL_CONFIG, MANIFEST, TRAINING, VOCAB):
+        if (folder / name).is_symlink():
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is refused: {name} is a link, and a checkpoint "
+                "holds its own files"
+            )
     if not (folder / MANIFEST).is_file():
         return
-    try:
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(
-            f"checkpoint {str(folder)!r} is damaged: {MANIFEST} is not readable"
-        ) from None
+    files = _read_manifest(folder)
     for name, entry in files.items():
         path = folder / name
+        if path.is_symlink():
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is refused: {name} is a link, and a checkpoint "
+                "holds its own files"
+            )
         if not path.is_file():
             raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {name} is missing")
         size = path.stat().st_size
@@ -244,6 +287,34 @@ def verify_checkpoint(folder: str | Path) -> None:
                 f"checkpoint {str(folder)!r} is damaged: {name} does not match its SHA-256 "
                 "in the manifest"
             )
+
+
+def _read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's {name: {bytes, sha256}}, every name a plain file name of the folder's
+    own; CheckpointError otherwise."""
+    damaged = f"checkpoint {str(folder)!r} is damaged: {MANIFEST} "
+    try:
+        with open(folder / MANIFEST, "rb") as f:
+            raw = f.read(1 << 20)
+        files = json.loads(raw)["files"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        raise CheckpointError(damaged + "is not readable") from None
+    if not isinstance(files, dict):
+        raise CheckpointError(damaged + "does not map file names to sizes and hashes")
+    for name, entry in files.items():
+        if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name or "\0" in name:
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is refused: {MANIFEST} names {name[:80]!r}, "
+                "not a file of its own folder"
+            )
+        ok = isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        if not ok or isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise CheckpointError(damaged + f"has no valid size and hash for {name[:80]!r}")
+    missing = [n for n in (WEIGHTS, MODEL_CONFIG) if n not in files]
+    if missing:
+        raise CheckpointError(damaged + f"does not cover {', '.join(missing)}")
+    return files
 
 
 def _candidates(path: Path, tag: str | None) -> list[Path]:
@@ -285,17 +356,36 @@ def find_good_checkpoint(path: str | Path, tag: str = "last") -> tuple[Path, lis
     FileNotFoundError when there is none at all; CheckpointError when every one is damaged.
     """
     path = Path(path)
-    found = _candidates(path, tag)
-    if not found:
-        raise _not_found(path, tag)
-    skipped = []
-    for folder in found:
-        try:
-            verify_checkpoint(folder)
-            return folder, skipped
-        except CheckpointError as err:
-            skipped.append(str(err))
+    for attempt in range(RETRIES + 1):
+        found = _candidates(path, tag)
+        if not found:
+            raise _not_found(path, tag)
+        identity = [_identity(f) for f in found]
+        skipped = []
+        for folder in found:
+            try:
+                verify_checkpoint(folder)
+                return folder, skipped
+            except CheckpointError as err:
+                skipped.append(str(err))
+        if attempt == RETRIES or identity == [_identity(f) for f in found]:
+            break
+        time.sleep(RETRY_WAIT * (attempt + 1))
     raise CheckpointError("; ".join(skipped) + "; no intact checkpoint left to use")
+
+
+# A checkpoint replaced while it is read (between its two renames) is read again; a folder
+# that did not change meanwhile is damaged at once.
+RETRIES = 4
+RETRY_WAIT = 0.05
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+        return st.st_ino, st.st_mtime_ns
+    except OSError:
+        return None
 
 
 def load_model(
@@ -303,40 +393,129 @@ def load_model(
 ) -> tuple[nn.Module, ModelConfig]:
     """Rebuilds the model of a checkpoint from its config and loads its weights (verified
     against the manifest: CheckpointError when damaged)."""
-    folder = find_checkpoint(path, tag)
-    verify_checkpoint(folder)
-    config = read_model_config(folder)
-    model = build_model(config)
-    load_weights(model, folder, map_location)
-    return model, config
+    for attempt in range(RETRIES + 1):
+        folder = find_checkpoint(path, tag)
+        before = _identity(folder)
+        try:
+            verify_checkpoint(folder)
+            config = read_model_config(folder)
+            model = _build_checked(config, folder)
+            load_weights(model, folder, map_location)
+            return model, config
+        except (CheckpointError, FileNotFoundError):
+            if attempt == RETRIES or _identity(folder) == before:
+                raise
+        time.sleep(RETRY_WAIT * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _build_checked(config: ModelConfig, folder: str | Path) -> nn.Module:
+    """The model of `config`, once the weights file is large enough to hold it; a config
+    that no model of this version matches is a CheckpointError."""
+    weights = Path(folder) / WEIGHTS
+    _read_weights_header(folder)
+    if config.arch == "stack":
+        # Every block holds at least one d_model-wide norm, at two or more bytes a value.
+        least = 2 * config.n_layers * config.d_model
+        size = weights.stat().st_size if weights.is_file() else 0
+        if size < least:
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} is damaged: {MODEL_CONFIG} describes "
+                f"{config.n_layers} layers of width {config.d_model}, more than the "
+                f"{size} bytes of {WEIGHTS} can hold"
+            )
+    try:
+        return build_model(config)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {MODEL_CONFIG} describes no model this "
+            f"version builds ({' '.join(str(err).split())[:200]})"
+        ) from None
 
 
 def read_model_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / MODEL_CONFIG
     try:
-        return ModelConfig.from_json(path.read_text())
-    except (ValueError, TypeError) as err:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 20))
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object of fields")
+        config = ModelConfig.from_dict(data)
+        check_model_size(config)
+        return config
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is incomplete: {MODEL_CONFIG} is missing"
+        ) from None
+    except (ValueError, TypeError, KeyError, RecursionError, OSError) as err:
         raise CheckpointError(
             f"checkpoint {str(folder)!r} is damaged: {MODEL_CONFIG} "
             f"cannot be read ({' '.join(str(err).split())})"
         ) from None
 
 
-def load_weights(model: nn.Module, folder: str | Path, map_location: str = "cpu") -> None:
+def _read_weights_header(folder: str | Path) -> dict[str, str] | None:
+    """The metadata of the weights file (its header only is read); CheckpointError."""
     from safetensors import safe_open
 
-    path = str(Path(folder) / WEIGHTS)
     try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata()
+        with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as f:
+            return f.metadata()
+    except Exception as err:
+        # safetensors raises its own error type (and OSError) on a damaged header.
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is damaged: {WEIGHTS} cannot be "
+            f"read ({' '.join(str(err).split())[:200]})"
+        ) from None
+
+
+def load_weights(model: nn.Module, folder: str | Path, map_location: str = "cpu") -> None:
+    path = str(Path(folder) / WEIGHTS)
+    metadata = _read_weights_header(folder)
+    try:
+        complex_keys = _complex_keys(metadata)
         loaded = load_file(path, device=map_location)
     except Exception as err:
         # safetensors raises its own error type (and OSError) on a damaged header or data.
         raise CheckpointError(
             f"checkpoint {str(folder)!r} is damaged: {WEIGHTS} cannot be "
-            f"read ({' '.join(str(err).split())})"
+            f"read ({' '.join(str(err).split())[:200]})"
         ) from None
+    problem = _weights_mismatch(model.state_dict(), loaded, complex_keys)
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} does not match its {MODEL_CONFIG}: {problem}"
+        )
     model.load_state_dict(tensors_to_weights(loaded, metadata))
+
+
+def _weights_mismatch(
+    expected: dict[str, Tensor], loaded: dict[str, Tensor], complex_keys: set[str]
+) -> str:
+    """What differs between a model's state dict and the tensors of a weights file: names,
+    shapes (complex tensors stored as (..., 2) real views) or kinds of dtype; '' if none."""
+    missing = sorted(set(expected) - set(loaded))
+    extra = sorted(set(loaded) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+        return "weights " + "; ".join(parts)
+    for key, want in expected.items():
+        got = loaded[key]
+        shape = tuple(want.shape) + ((2,) if want.is_complex() else ())
+        if (key in complex_keys) != want.is_complex():
+            return f"{key} is {'not ' if want.is_complex() else ''}recorded as complex"
+        if tuple(got.shape) != shape:
+            return f"{key} has shape {tuple(got.shape)}, the model needs {shape}"
+        if want.is_floating_point() or want.is_complex():
+            if not got.is_floating_point():
+                return f"{key} holds {got.dtype}, the model needs floating-point values"
+        elif got.dtype != want.dtype:
+            return f"{key} holds {got.dtype}, the model needs {want.dtype}"
+    return ""
 
 
 def load_training(folder: str | Path, map_location: str = "cpu") -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -360,11 +361,49 @@ def check_config(c: TrainConfig) -> None:
         raise UsageError(
             "--precision bf16 runs float32 parameters under autocast; drop --dtype float64"
         )
+    for key, limit in (
+        ("steps", MAX_COUNT),
+        ("stop_at", MAX_COUNT),
+        ("schedule_steps", MAX_COUNT),
+        ("warmup", MAX_COUNT),
+        ("eval_every", MAX_COUNT),
+        ("ckpt_every", MAX_COUNT),
+        ("log_every", MAX_COUNT),
+        ("debug_nan_at_step", MAX_COUNT),
+        ("batch_size", MAX_BATCH),
+        ("grad_accum", MAX_BATCH),
+        ("eval_batch_size", MAX_BATCH),
+        ("eval_samples", MAX_COUNT),
+        ("seq_len", MAX_SEQ_LEN),
+        ("seed", MAX_SEED),
+    ):
+        value = getattr(c, key)
+        if value is not None and value > limit:
+            raise UsageError(f"config key {key!r} must be <= {limit}, got {value!r}")
+    device = c.device.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", device):
+        raise UsageError(
+            f"config key 'device' must be cpu, cuda, cuda:N or auto, got {c.device!r} "
+            "(this library runs on CPUs and CUDA GPUs)"
+        )
+    if c.backend == "triton" and not _cuda_device(device):
+        raise UsageError(
+            f"--backend triton runs on CUDA GPUs only; with --device {c.device} use "
+            "auto, torch, naive or numba"
+        )
     if c.batch_size % c.grad_accum:
         raise UsageError(
             f"batch_size {c.batch_size} does not split into grad_accum "
             f"{c.grad_accum} equal micro-batches"
         )
+
+
+def _cuda_device(device: str) -> bool:
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 def _check_number(
@@ -427,6 +466,57 @@ def resume_differences(saved: TrainConfig, new: TrainConfig) -> list[str]:
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "bf16", "tf32")
 
+# Upper bounds of the sizes a model config may ask for: far above any model this library
+# trains on one machine, far below what would exhaust its memory while being built.
+MODEL_LIMITS = {
+    "d_model": 8192,
+    "hidden_size": 8192,
+    "n_layers": 512,
+    "input_size": 1_000_000,
+    "output_size": 1_000_000,
+    "positional_size": 4096,
+    "positional_max_len": 1_000_000,
+    "conv_kernel": 4096,
+}
+MAX_MLP_RATIO = 64.0
+MAX_PARAMETERS = 2_000_000_000
+# Bounds of integer settings and seeds: a seed is an unsigned 64-bit value (torch's
+# generators take no more); sizes and counts stay within what a tensor index holds.
+MAX_SEED = 2**64 - 1
+MAX_COUNT = 2**31 - 1
+MAX_BATCH = 1 << 20
+MAX_SEQ_LEN = 1 << 24
+
+
+def check_model_size(config: Any) -> None:
+    """ValueError naming the first size of a ModelConfig beyond MODEL_LIMITS, or a model of
+    more than MAX_PARAMETERS parameters (a rough upper estimate, before anything is built)."""
+    for key, limit in MODEL_LIMITS.items():
+        value = getattr(config, key, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value > limit:
+            raise ValueError(f"ModelConfig: `{key}` must be an int <= {limit}, got {value!r}")
+    ratio = getattr(config, "mlp_ratio", 1.0)
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, int | float)
+        or not 0 < ratio <= MAX_MLP_RATIO
+    ):
+        raise ValueError(
+            f"ModelConfig: `mlp_ratio` must be in (0, {MAX_MLP_RATIO:g}], got {ratio!r}"
+        )
+    d, n = config.d_model, config.n_layers
+    h = config.hidden_size or d
+    estimate = (
+        n * (8 * d * h + 3 * int(ratio * d) * d) + (config.input_size + config.output_size) * d
+    )
+    if estimate > MAX_PARAMETERS:
+        raise ValueError(
+            f"ModelConfig: {n} layers of width {d} (state {h}) make about {estimate:.3g} "
+            f"parameters, more than {MAX_PARAMETERS:.3g}; choose smaller sizes"
+        )
+
 
 __all__ = [
     "DTYPES",
@@ -434,8 +524,12 @@ __all__ = [
     "PRECISIONS",
     "RESUME_MAY_CHANGE",
     "TrainConfig",
+    "MAX_COUNT",
+    "MAX_SEED",
+    "MODEL_LIMITS",
     "TrainingDiverged",
     "UsageError",
+    "check_model_size",
     "coerce",
     "load_yaml",
     "resume_differences",

@@ -12,9 +12,12 @@ run drops the rows written after the checkpoint it resumes from.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
+
+from memrnn.train.runfolder import atomic_write_text, open_append
 
 FIXED = ["step", "split", "loss", "lr", "time"]
 METRICS_CSV = "metrics.csv"
@@ -60,12 +63,12 @@ class MetricsLogger:
         return bool(new)
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        # A new temporary file renamed into place: never written through a link.
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, text.getvalue())
 
     def log(
         self, step: int, split: str, loss: float, metrics: dict[str, float], lr: float, time: float
@@ -82,7 +85,7 @@ class MetricsLogger:
         if self._extend_columns(row):
             self._rewrite()
         else:
-            with open(self.path, "a", newline="") as f:
+            with os.fdopen(open_append(self.path), "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
         if self.writer is not None:
             # Each scalar once per step: the metrics repeat "loss" (and may repeat the other

@@ -35,11 +35,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -84,10 +84,14 @@ from memrnn.train.distributed import (
 from memrnn.train.logging import METRICS_CSV, MetricsLogger
 from memrnn.train.runfolder import (
     CONFIG_YAML,
+    RunFiles,
     RunLock,
     atomic_write_text,
     claim_new_run,
+    claim_resumed_run,
+    create_new,
     load_run_config,
+    temporary_name,
 )
 from memrnn.train.schedules import UnitSchedules
 from memrnn.units import is_no_weight_decay
@@ -313,8 +317,9 @@ def prepare_run_dir(out: str | Path) -> Path:
     run_dir = Path(out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
+        # A fresh name, created exclusively: the probe never opens an existing file or link.
+        probe = temporary_name(run_dir / ".write-test")
+        os.close(create_new(probe))
         probe.unlink()
     except OSError as err:
         raise UsageError(
@@ -561,15 +566,18 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
     task = build_task(config.task, config.seq_len, **config.task_kwargs)
     # Saved with the run (config.yaml, checkpoints): e.g. a data file's path and checksum.
     config.task_kwargs = {**config.task_kwargs, **task.recorded_kwargs()}
-    if config.resume:
-        config = _resumed_config(config)
-    elif config.schedule_steps is None:
-        # Recorded, so that a resume with a larger --steps keeps the schedule's length.
-        config = dataclasses.replace(config, schedule_steps=config.steps)
     resume_folder = None
     if config.resume:
         resume_folder = _resume_folder(run_dir, info.is_main)
-        model_config = read_model_config(resume_folder)
+        config = _resumed_config(config, resume_folder)
+    elif config.schedule_steps is None:
+        # Recorded, so that a resume with a larger --steps keeps the schedule's length.
+        config = dataclasses.replace(config, schedule_steps=config.steps)
+    if config.resume:
+        try:
+            model_config = read_model_config(resume_folder)
+        except CheckpointError as err:
+            raise UsageError(f"--resume: {err}") from None
     else:
         try:
             model_config = config_for_task(config.model, task, **config.model_overrides)
@@ -623,6 +631,7 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
         cleanup.callback(run.logger.close)
         # `overwrite` acted once, on this invocation; the folder records settings, not actions.
         text = dataclasses.replace(config, overwrite=False).to_yaml()
+        RunFiles(run_dir).claim(CONFIG_YAML)
         atomic_write_text(run_dir / CONFIG_YAML, text)
         if echo:
             print(f"# resolved config ({run_dir / CONFIG_YAML})\n{text}", end="")
@@ -634,10 +643,28 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
     return run
 
 
-def _resumed_config(config: TrainConfig) -> TrainConfig:
-    """`config` checked against the run's config.yaml: UsageError naming every key that a
-    resume may not change (RESUME_MAY_CHANGE); the saved schedule length when not given."""
-    saved = resolve_config(overrides=load_run_config(config.out), overrides_are_text=False)
+def _resumed_config(config: TrainConfig, folder: Path) -> TrainConfig:
+    """`config` checked against the settings the checkpoint in `folder` recorded (or, for a
+    checkpoint without them, the run's config.yaml): UsageError naming every key that a
+    resume may not change (RESUME_MAY_CHANGE); the saved schedule length when not given.
+    An edited config.yaml is therefore refused like a changed option."""
+    recorded = None
+    try:
+        recorded = load_training(folder).get("train_config")
+    except CheckpointError:
+        # Reported with its reason when the state is restored.
+        recorded = None
+    if isinstance(recorded, dict):
+        try:
+            saved = resolve_config(overrides=recorded, overrides_are_text=False)
+        except UsageError as err:
+            raise UsageError(
+                f"--resume: checkpoint {str(folder)!r} records settings this version refuses "
+                f"({err})"
+            ) from None
+    else:
+        saved = resolve_config(overrides=load_run_config(config.out), overrides_are_text=False)
+    saved = dataclasses.replace(saved, out=config.out, stop_at=None)
     if config.schedule_steps is None:
         config = dataclasses.replace(config, schedule_steps=saved.schedule_steps or saved.steps)
     if saved.schedule_steps is None:
@@ -679,11 +706,18 @@ def _claim_run_dir(
             lock.acquire()
             cleanup.callback(lock.release)
             if config.resume:
-                # Folders a killed run was writing when it died.
-                for partial in run_dir.glob(".*.tmp-*"):
-                    shutil.rmtree(partial, ignore_errors=True)
+                # Removes what a killed invocation was writing when it died (its own
+                # temporaries, named in the run-file list), nothing else.
+                claim_resumed_run(run_dir)
             else:
-                claim_new_run(run_dir, config.overwrite)
+                kept = claim_new_run(run_dir, config.overwrite)
+                if kept:
+                    shown = ", ".join(kept[:6]) + (", ..." if len(kept) > 6 else "")
+                    print(
+                        f"memrnn: kept {len(kept)} file(s) in {str(run_dir)!r} that no run "
+                        f"wrote: {shown}",
+                        file=sys.stderr,
+                    )
         except UsageError as err:
             error = str(err)
     error = _gather(error, info)[0]
@@ -692,6 +726,16 @@ def _claim_run_dir(
 
 
 def _open_log(run_dir: Path, resume_step: int | None, tensorboard: bool) -> MetricsLogger:
+    files = RunFiles(run_dir)
+    files.claim(METRICS_CSV)
+    board = run_dir / "tensorboard"
+    if tensorboard and board.is_symlink():
+        raise UsageError(
+            f"{str(board)!r} is a symbolic link, and a run folder writes nothing through a "
+            "link; move it away, or pass --tensorboard false"
+        )
+    if tensorboard and not board.exists():
+        files.add(board.name)
     try:
         return MetricsLogger(run_dir, resume_step=resume_step, tensorboard=tensorboard)
     except (csv.Error, ValueError, KeyError, TypeError) as err:
@@ -849,8 +893,9 @@ def _checkpoint(run: _Run, step: int, rng_ranks: list[Any], improved: bool) -> N
         if improved:
             save_checkpoint(run.run_dir, "best", run.model, saved_config, state, run.extra_files)
     except CheckpointWriteError as err:
+        advice = "free space" if err.errno == errno.ENOSPC else "fix this"
         raise CheckpointWriteError(
-            err.errno, f"step {step}: {err.strerror}; free space and continue with --resume"
+            err.errno, f"step {step}: {err.strerror}; {advice} and continue with --resume"
         ) from None
 
 

@@ -129,6 +129,16 @@ def test_lmu_window_follows_the_task(name):
     assert all(u.theta == 7.0 and u.order == 3 for u in _lmu_units(given))
 
 
-def test_lmu_without_a_window_is_refused():
-    with pytest.raises(ValueError, match="unit 'plmu' needs theta in its unit_kwargs"):
-        create_model("plmu-small", input_size=1, output_size=1)
+@pytest.mark.parametrize("name", ["plmu-small", "lmu-small"])
+def test_lmu_built_without_a_task_gets_the_default_window(name):
+    from memrnn.models.registry import LMU_DEFAULT_THETA, build_model, model_config
+
+    model = create_model(name, input_size=1, output_size=1)
+    units = _lmu_units(model)
+    assert units and all(u.theta == LMU_DEFAULT_THETA for u in units)
+    y, _ = model(torch.randn(2, 5, 1))
+    assert torch.isfinite(y).all()
+    # A config with no window at all is still refused when built.
+    unit = name.split("-")[0]
+    with pytest.raises(ValueError, match=f"unit '{unit}' needs theta in its unit_kwargs"):
+        build_model(model_config(name, input_size=1, output_size=1))

@@ -135,6 +135,27 @@ register_model(
 register_model(
     "gru-small", "2 x 64 GRU blocks (sequential baseline)", ("gru",), unit="gru", **SMALL
 )
+# The Transformer baseline: pre-norm blocks of 4-head causal attention with rotary positions
+# and the GLU-MLP (no positional code, no block options: the rotary positions are its code).
+register_model(
+    "transformer-small",
+    "2 x 64 Transformer blocks (4-head causal attention, rotary positions; the key/value "
+    "cache grows with every step)",
+    ("transformer",),
+    unit="transformer",
+    unit_kwargs={"n_heads": 4},
+    **SMALL,
+)
+TRANSFORMER_WINDOW = 64
+register_model(
+    "transformer-window-small",
+    f"2 x 64 Transformer blocks with sliding-window attention over the last "
+    f"{TRANSFORMER_WINDOW} steps (a cache of fixed size)",
+    ("transformer",),
+    unit="transformer",
+    unit_kwargs={"n_heads": 4, "window": TRANSFORMER_WINDOW},
+    **SMALL,
+)
 register_model(
     "lstm-small", "2 x 64 LSTM blocks (sequential baseline)", ("lstm",), unit="lstm", **SMALL
 )
@@ -315,9 +336,18 @@ def current_epsilon(model: nn.Module) -> float | None:
     return float(units[0].epsilon) if units else None
 
 
+# The window of LMU layers built by `create_model`, which knows no task length.
+LMU_DEFAULT_THETA = 64
+
+
 def create_model(name: str, input_size: int, output_size: int, **overrides: Any) -> nn.Module:
-    """Builds variant `name`; `overrides` are ModelConfig fields (head, d_model, dropout, ...)."""
-    return build_model(model_config(name, input_size, output_size, **overrides))
+    """Builds variant `name`; `overrides` are ModelConfig fields (head, d_model, dropout, ...).
+
+    LMU layers given no window get theta = LMU_DEFAULT_THETA steps (set `unit_kwargs` to
+    match a task; `config_for_task` takes the task's length)."""
+    return build_model(
+        model_config(name, input_size, output_size, seq_len=LMU_DEFAULT_THETA, **overrides)
+    )
 
 
 def config_for_task(name: str, task: Any, **overrides: Any) -> ModelConfig:

@@ -8,6 +8,19 @@ from pathlib import Path
 from memrnn.train.logging import FIXED, read_metrics
 
 
+def save_figure(fig: object, out: str | Path, dpi: int) -> None:
+    """Renders `fig` in memory (format from the suffix) and writes it atomically: a new
+    temporary file renamed onto `out`, never written through a link."""
+    import io
+
+    from memrnn.train.runfolder import atomic_write_bytes
+
+    out = Path(out)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=out.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    atomic_write_bytes(out, buffer.getvalue())
+
+
 def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
     """Writes a PNG (default `<run>/curves.png`) with one panel per quantity; returns its path."""
     import matplotlib
@@ -48,9 +61,11 @@ def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(run.name)
     fig.tight_layout()
     out = Path(out) if out is not None else run / "curves.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
     return out
 
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "save_figure"]

@@ -44,8 +44,12 @@ def raster_plot(
     ax.set_title(title or f"spike raster, sample {sample}")
     if path is None:
         return fig
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from memrnn.viz.curves import save_figure
+
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
     return None
 
 

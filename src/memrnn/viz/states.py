@@ -102,8 +102,12 @@ def plot_states(
     fig.suptitle(title or "hidden states over time (one sample)")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    from memrnn.viz.curves import save_figure
+
+    try:
+        save_figure(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
     written = [out]
     if _is_spiking(model):
         spikes = [torch.relu(v) for k, v in traces.items() if k.endswith(".h")]

@@ -86,6 +86,8 @@ def test_npz_classification_splits_are_carved_with_the_seed(tmp_path):
     assert task.recorded_kwargs() == {
         "path": str((tmp_path / "d.npz").resolve()),
         "sha256": file_sha256(tmp_path / "d.npz"),
+        "stratify": True,
+        "classes": [0, 1, 2, 3],
     }
 
 
@@ -140,7 +142,7 @@ def test_file_errors(tmp_path):
     np.savez(tmp_path / "k.npz", inputs=np.zeros((3, 2, 1)))
     with pytest.raises(ValueError, match="neither x and y"):
         ArraysTask(str(tmp_path / "k.npz"))
-    np.savez(tmp_path / "s.npz", x=np.zeros((3, 2)), y=np.zeros(3))
+    np.savez(tmp_path / "s.npz", x=np.zeros((3, 2, 1, 1)), y=np.zeros(3))
     with pytest.raises(ValueError, match=r"x must have shape \(S, T, D\)"):
         ArraysTask(str(tmp_path / "s.npz"))
     _classification_npz(tmp_path / "d.npz")
@@ -161,7 +163,12 @@ def test_cli_train_eval_resume_and_changed_file(tmp_path, capsys):
     args = ["train", "--model", "lru-small", "--task", "arrays", "--task.path", str(data)]
     assert main([*args, "--out", str(run), *TINY]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())["task_kwargs"]
-    assert saved == {"path": str(data.resolve()), "sha256": file_sha256(data)}
+    assert saved == {
+        "path": str(data.resolve()),
+        "sha256": file_sha256(data),
+        "stratify": True,
+        "classes": [0, 1, 2, 3],
+    }
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--split", "test"]) == 0
     result = json.loads((run / "eval_test_default.json").read_text())
@@ -212,3 +219,129 @@ def test_cli_per_step_regression_from_csv(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--split", "val"]) == 0
     assert "mse=" in capsys.readouterr().out
+
+
+def _labelled_npz(path, labels, n=60, steps=5, width=2, scale=1.0, shift=0.0):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(n, steps, width)) * scale + shift).astype("float32")
+    y = np.asarray(labels)[np.arange(n) % len(labels)]
+    np.savez(path, x=x, y=y)
+    return x, y
+
+
+def test_string_labels_are_classes_in_sorted_order(tmp_path):
+    _, y = _labelled_npz(tmp_path / "s.npz", ["walk", "run", "sit"])
+    task = ArraysTask(str(tmp_path / "s.npz"))
+    assert task.kind == "classification" and task.classes == ["run", "sit", "walk"]
+    assert task.output_size == 3
+    train = task._splits["train"]
+    assert set(train.y.tolist()) == {0, 1, 2}
+
+
+def test_one_based_and_huge_labels_make_no_unused_class(tmp_path):
+    _labelled_npz(tmp_path / "one.npz", [1, 2, 3])
+    task = ArraysTask(str(tmp_path / "one.npz"))
+    assert task.classes == [1, 2, 3] and task.output_size == 3
+    _labelled_npz(tmp_path / "big.npz", [10**9, 7, 3 * 10**9])
+    task = ArraysTask(str(tmp_path / "big.npz"))
+    assert task.classes == [7, 10**9, 3 * 10**9] and task.output_size == 3
+    # Labels stored as floats that are whole numbers are the same classes.
+    _labelled_npz(tmp_path / "f.npz", [1.0, 2.0])
+    assert ArraysTask(str(tmp_path / "f.npz")).classes == [1, 2]
+
+
+def test_univariate_s_t_arrays_are_one_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "u.npz", x=rng.normal(size=(30, 9)), y=np.arange(30) % 3)
+    task = ArraysTask(str(tmp_path / "u.npz"))
+    assert (task.input_size, task.seq_len) == (1, 9)
+    assert task.batch(2).x.shape == (2, 9, 1)
+
+
+def test_carved_splits_are_stratified(tmp_path):
+    # 90% of one class: an unstratified 10% validation split is often all of that class.
+    y = np.array([0] * 90 + [1] * 10)
+    np.savez(tmp_path / "i.npz", x=np.zeros((100, 3, 1), "float32"), y=y)
+    for seed in range(5):
+        task = ArraysTask(str(tmp_path / "i.npz"), seed=seed)
+        for split, n in (("val", 10), ("test", 10), ("train", 80)):
+            counts = np.bincount(task._splits[split].y.numpy(), minlength=2)
+            assert counts.tolist() == [n * 9 // 10, n // 10], (seed, split)
+
+
+def test_val_fraction_zero_leaves_no_val_split(tmp_path):
+    _labelled_npz(tmp_path / "d.npz", [0, 1])
+    task = ArraysTask(str(tmp_path / "d.npz"), val_fraction=0)
+    assert not task.has_split("val") and task.has_split("test")
+    assert task.split_size("train") + task.split_size("test") == 60
+
+
+@pytest.mark.parametrize(
+    ("n", "labels", "kwargs", "match"),
+    [
+        (1, [0], {}, r"the test split of 10% of 1 sequence is empty"),
+        (4, [0, 1], {"test_fraction": 0}, r"the validation split of 10% of 4 sequences is empty"),
+        (40, list(range(8)), {}, r"test split .* holds 4, fewer than the 8 classes"),
+        (9, [0, 0, 1, 2, 3, 4, 5, 6, 7], {"test_fraction": 0, "val_fraction": 0.89}, "keep one"),
+    ],
+)
+def test_splits_too_small_for_their_classes_are_refused(tmp_path, n, labels, kwargs, match):
+    rng = np.random.default_rng(0)
+    y = np.asarray(labels)[np.arange(n) % len(labels)]
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(n, 4, 1)), y=y)
+    with pytest.raises(ValueError, match=match):
+        ArraysTask(str(tmp_path / "d.npz"), **kwargs)
+
+
+def test_standardize_uses_training_statistics_and_keeps_padding_zero(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6, 2)) * [3.0, 0.01] + [100.0, -5.0]
+    lengths = rng.integers(2, 7, 50)
+    x[np.arange(6)[None, :] >= lengths[:, None]] = 0.0
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(50) % 2, lengths=lengths)
+    task = ArraysTask(str(tmp_path / "d.npz"), normalize="standardize")
+    train = task._splits["train"]
+    valid = torch.arange(6)[None, :] < train.lengths[:, None]
+    values = train.x[valid]
+    assert torch.allclose(values.mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(values.std(0, unbiased=False), torch.ones(2), atol=1e-4)
+    assert float(train.x[~valid].abs().max()) == 0.0
+    recorded = task.recorded_kwargs()
+    assert recorded["mean"][0] == pytest.approx(100.0, abs=1.5)
+    # A rebuild with the recorded statistics gives the same inputs.
+    again = ArraysTask(**{**recorded, "normalize": "standardize"})
+    assert torch.equal(again._splits["test"].x, task._splits["test"].x)
+    with pytest.raises(ValueError, match="normalize"):
+        ArraysTask(str(tmp_path / "d.npz"), normalize="minmax")
+
+
+def test_balanced_class_weights_weigh_the_rare_class_up(tmp_path):
+    y = np.array([0] * 90 + [1] * 10)
+    np.savez(tmp_path / "i.npz", x=np.zeros((100, 3, 1), "float32"), y=y)
+    task = ArraysTask(str(tmp_path / "i.npz"), class_weights="balanced")
+    assert task.weights.tolist() == pytest.approx([80 / (2 * 72), 80 / (2 * 8)])
+    batch = task._take("train", slice(None))
+    logits = torch.randn(len(batch.y), 2)
+    expected = torch.nn.functional.cross_entropy(logits, batch.y, weight=task.weights)
+    assert torch.allclose(task.loss(logits, batch), expected)
+    with pytest.raises(ValueError, match="class_weights"):
+        ArraysTask(str(tmp_path / "i.npz"), class_weights="inverse")
+
+
+def test_csv_string_labels(tmp_path):
+    rows = ["sequence,x,y"]
+    for s in range(30):
+        label = ("low", "high")[s % 2]
+        rows += [f"s{s},{s % 2 + 0.1 * t},{label}" for t in range(3)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    task = ArraysTask(str(tmp_path / "d.csv"))
+    assert task.classes == ["high", "low"]
+
+
+def test_runs_recorded_without_classes_are_rebuilt_as_before(tmp_path):
+    # A run that recorded only the file's path and checksum used the labels as class indices
+    # and an unstratified carving; its task is rebuilt that way.
+    _labelled_npz(tmp_path / "d.npz", [1, 2])
+    digest = file_sha256(tmp_path / "d.npz")
+    task = ArraysTask(str(tmp_path / "d.npz"), sha256=digest)
+    assert task.classes == [0, 1, 2] and not task.stratify

@@ -2,19 +2,29 @@
 
     memrnn train --model lru-small --task arrays --task.path data/my.npz --out runs/mine
 
-Reads a `.npz` file (`x` (S, T, D) and `y`: (S,) int classes, or (S, T) / (S, T, O) float
-per-step targets; optional `lengths` (S,); or the splits as `x_train`, `y_train`, `x_val`, ...)
-or a CSV file with one row per step (columns `sequence`, optional `split`, `x...` inputs and
-`y...` targets; see docs/own-data.md). Missing val/test splits are carved out of train with a
-seed. The task records the file's absolute path and SHA-256 (`recorded_kwargs`), which the
-training loop saves with the run, so that a later `eval` or `--resume` rebuilds the same task
-and refuses to run on a file that has changed.
+Reads a `.npz` file (`x` (S, T, D), or (S, T) for one channel, and `y`: (S,) labels, or
+(S, T) / (S, T, O) float per-step targets; optional `lengths` (S,); or the splits as
+`x_train`, `y_train`, `x_val`, ...) or a CSV file with one row per step (columns `sequence`,
+optional `split`, `x...` inputs and `y...` targets; see docs/own-data.md).
+
+Labels may be any values, integers or strings: the classes are the distinct labels of all
+splits in sorted order (`classes`), so 1-based labels or labels such as 1e9 make exactly as
+many classes as there are labels. Missing val/test splits are carved out of train with a
+seed, stratified by class for classification (each class keeps its share in every split); a
+carved split that would be empty, or hold fewer sequences than there are classes, is a
+ValueError at build. `normalize="standardize"` rescales every input channel by the mean and
+standard deviation of the training split (over valid steps). The task records the file's
+absolute path and SHA-256, the classes and the normalisation statistics (`recorded_kwargs`),
+which the training loop saves with the run, so that a later `eval`, `predict` or `--resume`
+rebuilds the same task, scores and prints the same labels, normalises new inputs alike, and
+refuses to run on a file that has changed.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +39,16 @@ from memrnn.tasks.base import (
     check_float,
     check_int,
     check_split,
+    cross_entropy_loss,
 )
 from memrnn.tasks.registry import register_task
 
 KINDS = ("auto", "classification", "regression")
 SUFFIXES = (".npz", ".csv")
+NORMALIZE = ("none", "standardize")
+CLASS_WEIGHTS = ("none", "balanced")
+# A channel whose standard deviation is below this is only centred, not scaled.
+MIN_STD = 1e-8
 
 
 def file_sha256(path: Path) -> str:
@@ -127,7 +142,7 @@ def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
             raise ValueError(f"arrays: {path} line {number}: sequence {label!r} changes split")
         try:
             xs = [float(row[i]) for i in x_cols]
-            ys = [float(row[i]) for i in y_cols]
+            ys = [_number_or_label(row[i]) for i in y_cols]
         except ValueError:
             raise ValueError(
                 f"arrays: {path} line {number} has a value that is not a number"
@@ -147,7 +162,8 @@ def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
     for split, items in groups.items():
         T = max(len(xs) for xs, _ in items)
         x = np.zeros((len(items), T, len(x_cols)), dtype=np.float32)
-        y = np.zeros((len(items), T, len(y_cols)), dtype=np.float64)
+        labels = any(isinstance(v, str) for _, ys in items for row in ys for v in row)
+        y = np.zeros((len(items), T, len(y_cols)), dtype=object if labels else np.float64)
         lengths = np.array([len(xs) for xs, _ in items], dtype=np.int64)
         for i, (xs, ys) in enumerate(items):
             x[i, : len(xs)] = xs
@@ -156,14 +172,37 @@ def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
     return out
 
 
+def _number_or_label(text: str) -> float | str:
+    """A CSV target cell: a number, or else the (stripped) text as a class label."""
+    try:
+        return float(text)
+    except ValueError:
+        label = text.strip()
+        if not label:
+            raise
+        return label
+
+
+def _is_labels(y: np.ndarray) -> bool:
+    """Whether `y` holds labels that are not numbers (strings, bools, objects)."""
+    return not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating))
+
+
+def _whole(y: np.ndarray) -> bool:
+    """Whether every value of numeric `y` is a whole number."""
+    return np.issubdtype(y.dtype, np.integer) or bool(np.all(np.mod(y, 1) == 0))
+
+
 def _is_classification(y: np.ndarray, lengths: np.ndarray | None) -> bool:
-    """Integer labels, one per sequence: (S,), or (S, T[, 1]) constant within each sequence."""
+    """One label per sequence: (S,) strings or whole numbers, or (S, T[, 1]) constant within
+    each sequence."""
+    labels = _is_labels(y)
     if y.ndim == 1:
-        return np.issubdtype(y.dtype, np.integer) or bool(np.all(np.mod(y, 1) == 0))
+        return labels or _whole(y)
     if y.ndim == 3 and y.shape[-1] != 1:
         return False
     y = y.reshape(y.shape[0], -1)
-    if not bool(np.all(np.mod(y, 1) == 0)):
+    if not labels and not _whole(y):
         return False
     ends = y.shape[1] if lengths is None else lengths
     for i in range(y.shape[0]):
@@ -183,10 +222,20 @@ class ArraysTask(ArrayTask):
             per step), or "auto" (default: classification when the targets are one integer per
             sequence).
         val_fraction, test_fraction: share of the sequences carved out of train for a split the
-            file does not give (default 0.1 each; 0 leaves that split out).
+            file does not give (default 0.1 each; 0 leaves that split out: with no val split a
+            run trains without validation and keeps its last checkpoint). Classification
+            splits are stratified by class.
         seed: seed of that carving (default 0).
+        normalize: "none" (default) or "standardize": each input channel minus its mean,
+            divided by its standard deviation, both taken over the valid steps of the
+            training split and applied to every split (and, through the run, to what eval,
+            predict and stream read).
+        class_weights: "none" (default) or "balanced": the training loss weighs each class
+            by S / (K * S_k) (S training sequences, K classes, S_k of class k).
         sha256: the file's expected SHA-256; None (default) takes the file as it is now. A run
             records it, and a mismatch is a ValueError naming the path.
+        classes, mean, std, stratify: recorded by a run (see `recorded_kwargs`) so that its
+            task is rebuilt alike; leave them unset.
 
     Example:
         >>> path = Path(tempfile.mkdtemp()) / "d.npz"
@@ -202,7 +251,13 @@ class ArraysTask(ArrayTask):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 0,
+        normalize: str = "none",
+        class_weights: str = "none",
         sha256: str | None = None,
+        classes: list[Any] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        stratify: bool | None = None,
     ) -> None:
         if not isinstance(path, (str, Path)) or not str(path):
             raise ValueError(f"arrays: `path` must name a .npz or .csv file, got {path!r}")
@@ -216,6 +271,22 @@ class ArraysTask(ArrayTask):
         self.val_fraction = check_float("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
         self.test_fraction = check_float("test_fraction", test_fraction, 0.0, 1.0, high_open=True)
         self.seed = check_int("seed", seed, minimum=0)
+        if normalize not in NORMALIZE:
+            raise ValueError(f"arrays: `normalize` must be one of {NORMALIZE}, got {normalize!r}")
+        if class_weights not in CLASS_WEIGHTS:
+            raise ValueError(
+                f"arrays: `class_weights` must be one of {CLASS_WEIGHTS}, got {class_weights!r}"
+            )
+        if classes is not None and (not isinstance(classes, list) or not classes):
+            raise ValueError(f"arrays: `classes` must be a non-empty list, got {classes!r}")
+        self.normalize, self.class_weights = normalize, class_weights
+        # A run recorded before classes and stratified carving were recorded (it gives its
+        # file's checksum but no classes) is rebuilt as it was built then.
+        legacy = sha256 is not None and classes is None
+        self.stratify = (not legacy) if stratify is None else bool(stratify)
+        self._given_classes = classes
+        self._legacy_labels = legacy
+        self._given_stats = (mean, std)
         digest = file_sha256(file)
         if sha256 is not None and sha256 != digest:
             raise ValueError(
@@ -233,6 +304,11 @@ class ArraysTask(ArrayTask):
         first = raw.get("all", raw.get("train"))
         if first is None:
             raise ValueError(f"arrays: {self.path} has no train split (x_train, y_train)")
+        # (S, T) inputs are one channel.
+        raw = {
+            name: (x[..., None] if x.ndim == 2 else x, y, lengths)
+            for name, (x, y, lengths) in raw.items()
+        }
         for name, (x, y, lengths) in raw.items():
             self._check_arrays(name, x, y, lengths)
         if kind == "auto":
@@ -247,6 +323,9 @@ class ArraysTask(ArrayTask):
         self.loss_kind = "cross_entropy" if kind == "classification" else "mse"
         self.primary_metric = "accuracy" if kind == "classification" else "mse"
         self.higher_is_better = kind == "classification"
+        self.classes: list[Any] | None = None
+        if kind == "classification":
+            raw = self._map_labels(raw)
         splits = {name: self._to_split(name, *arrays) for name, arrays in raw.items()}
         if "all" in splits:
             splits = self._carve(splits.pop("all"), ("test", "val"))
@@ -261,9 +340,16 @@ class ArraysTask(ArrayTask):
         self.input_size = widths.pop()
         self.seq_len = max(int(s.x.shape[1]) for s in splits.values())
         if kind == "classification":
-            self.output_size = int(max(int(s.y.max()) for s in splits.values() if len(s))) + 1
+            self.output_size = len(self.classes)
         else:
             self.output_size = int(splits["train"].y.shape[-1])
+        self.mean = self.std = None
+        if self.normalize == "standardize":
+            self._standardize(splits)
+        self.weights = None
+        if self.class_weights == "balanced" and kind == "classification":
+            counts = torch.bincount(splits["train"].y, minlength=self.output_size).double()
+            self.weights = (counts.sum() / (self.output_size * counts.clamp(min=1))).float()
 
     def _check_arrays(
         self, name: str, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None
@@ -299,15 +385,7 @@ class ArraysTask(ArrayTask):
             # No padding: the batches carry no lengths, as for any fixed-length task.
             n = None
         if self.kind == "classification":
-            if y.ndim > 1:
-                # One class per sequence, read at its last valid step.
-                flat = y.reshape(y.shape[0], y.shape[1])
-                last = (n - 1) if n is not None else torch.full((y.shape[0],), y.shape[1] - 1)
-                y = flat[np.arange(y.shape[0]), last.numpy()]
-            if not bool(np.all(np.mod(y, 1) == 0)) or y.min() < 0:
-                raise ValueError(
-                    f"arrays: {self.path}: classification targets must be integers >= 0"
-                )
+            # Class indices already (`_map_labels`).
             yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
         else:
             if y.ndim == 1:
@@ -319,15 +397,111 @@ class ArraysTask(ArrayTask):
             yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
         return _Split(xt, yt, n)
 
+    def _map_labels(
+        self, raw: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Each split's labels, one per sequence (read at its last valid step), as indices
+        into `self.classes`: the distinct labels of every split, sorted (numbers before text),
+        or the classes a run recorded."""
+        labels = {}
+        for name, (_, y, lengths) in raw.items():
+            if y.ndim > 1:
+                flat = y.reshape(y.shape[0], y.shape[1])
+                last = y.shape[1] - 1 if lengths is None else lengths.astype(np.int64) - 1
+                y = flat[np.arange(y.shape[0]), last]
+            labels[name] = [_label(v, self.path) for v in y.tolist()]
+        found = sorted({v for values in labels.values() for v in values}, key=_label_order)
+        if self._given_classes is not None:
+            classes = list(self._given_classes)
+            unknown = [v for v in found if v not in set(classes)]
+            if unknown:
+                raise ValueError(
+                    f"arrays: {self.path} has labels {unknown[:5]} that are not among the "
+                    f"classes the run recorded ({classes[:10]})"
+                )
+        elif self._legacy_labels:
+            # The labels were the class indices themselves.
+            if any(not isinstance(v, int) or v < 0 for v in found):
+                raise ValueError(
+                    f"arrays: {self.path}: classification targets must be integers >= 0"
+                )
+            classes = list(range(max(found) + 1))
+        else:
+            classes = found
+        self.classes = classes
+        index = {v: i for i, v in enumerate(classes)}
+        return {
+            name: (x, np.array([index[v] for v in labels[name]], dtype=np.int64), lengths)
+            for name, (x, _, lengths) in raw.items()
+        }
+
     def _carve(self, data: _Split, wanted: tuple[str, ...]) -> dict[str, _Split]:
-        """Seeded split of `data` into train and the `wanted` splits."""
+        """Seeded split of `data` into train and the `wanted` splits, stratified by class for
+        classification; ValueError when a split would be empty or too small for its classes."""
         fractions = {"test": self.test_fraction, "val": self.val_fraction}
-        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
+        n = len(data)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        if not self.stratify or self.kind != "classification":
+            return self._carve_at_random(data, wanted, perm)
+        # Class by class, each class's sequences in a seeded random order.
+        rest = perm[torch.sort(data.y[perm], stable=True).indices].numpy()
+        n_classes = len(self.classes)
+        out = {}
+        for split in wanted:
+            fraction = fractions[split]
+            if fraction == 0:
+                continue
+            k = int(round(fraction * n))
+            if k == 0 or k < n_classes:
+                self._too_small(split, fraction, n, k, n_classes)
+            if k >= len(rest):
+                raise ValueError(
+                    f"arrays: {self.path} has {n} sequences, too few to carve "
+                    f"{', '.join(wanted)} out of train; lower val_fraction / test_fraction"
+                )
+            take = _stratified_take(data.y.numpy()[rest], k)
+            out[split] = data.take(torch.as_tensor(np.sort(rest[take])))
+            rest = rest[~take]
+        out["train"] = data.take(torch.as_tensor(np.sort(rest)))
+        counts = np.bincount(out["train"].y.numpy(), minlength=n_classes)
+        if (counts == 0).any():
+            absent = self.classes[int(np.flatnonzero(counts == 0)[0])]
+            total = int((data.y == self.classes.index(absent)).sum())
+            raise ValueError(
+                f"arrays: class {absent!r} has {total} sequence(s) in {self.path}, too few to "
+                f"keep one for training after carving {' and '.join(wanted)}; give more "
+                "sequences of it, or lower val_fraction / test_fraction"
+            )
+        return out
+
+    def _too_small(self, split: str, fraction: float, n: int, k: int, n_classes: int) -> None:
+        name = {"val": "validation", "test": "test"}[split]
+        what = f"the {name} split of {fraction:.0%} of {n} sequence{'s' * (n != 1)}"
+        need = max(n_classes, 1) / n
+        hint = "give more sequences"
+        if need < 0.5:
+            hint = f"give --task.{split}_fraction {math.ceil(need * 100) / 100:g} or more sequences"
+        if k == 0:
+            raise ValueError(
+                f"arrays: {what} is empty; {hint} (--task.{split}_fraction 0 leaves it out)"
+            )
+        raise ValueError(
+            f"arrays: {what} holds {k}, fewer than the {n_classes} classes, so it cannot hold "
+            f"every class; {hint}"
+        )
+
+    def _carve_at_random(
+        self, data: _Split, wanted: tuple[str, ...], perm: Tensor
+    ) -> dict[str, _Split]:
+        """The unstratified carving (regression, and runs recorded before stratification)."""
+        fractions = {"test": self.test_fraction, "val": self.val_fraction}
         out, start = {}, 0
         for split in wanted:
             n = int(round(fractions[split] * len(data)))
             if n:
                 out[split] = data.take(perm[start : start + n].sort().values)
+            elif fractions[split] > 0 and self.stratify:
+                self._too_small(split, fractions[split], len(data), 0, 1)
             start += n
         if start >= len(data):
             raise ValueError(
@@ -337,9 +511,47 @@ class ArraysTask(ArrayTask):
         out["train"] = data.take(perm[start:].sort().values)
         return out
 
+    def _standardize(self, splits: dict[str, _Split]) -> None:
+        """Every split's inputs standardised per channel with the training split's mean and
+        standard deviation over valid steps (or the recorded ones); padding stays 0."""
+        given_mean, given_std = self._given_stats
+        if given_mean is not None and given_std is not None:
+            mean = torch.as_tensor(given_mean, dtype=torch.float64)
+            std = torch.as_tensor(given_std, dtype=torch.float64)
+            if mean.shape != (self.input_size,) or std.shape != (self.input_size,):
+                raise ValueError(
+                    f"arrays: the recorded mean and std must hold {self.input_size} values "
+                    "(one per input channel)"
+                )
+        else:
+            train = splits["train"]
+            values = train.x[_valid(train.x, train.lengths)].double()  # (M, D)
+            mean = values.mean(0)
+            std = values.std(0, unbiased=False)
+            std = torch.where(std < MIN_STD, torch.ones_like(std), std)
+        for split in splits.values():
+            split.x = standardize(split.x, mean.tolist(), std.tolist(), split.lengths)
+        self.mean, self.std = mean.tolist(), std.tolist()
+
     def recorded_kwargs(self) -> dict[str, Any]:
-        """The arguments that pin this task to its file, saved with a run."""
-        return {"path": str(self.path), "sha256": self.sha256}
+        """The arguments that pin this task to its file, its classes and its input
+        normalisation, saved with a run."""
+        out: dict[str, Any] = {"path": str(self.path), "sha256": self.sha256}
+        out["stratify"] = self.stratify
+        if self.classes is not None:
+            out["classes"] = list(self.classes)
+        if self.mean is not None:
+            out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+    def has_split(self, split: str) -> bool:
+        return check_split(split) in self._splits
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        if self.weights is None:
+            return super().loss(output, batch)
+        weight = self.weights.to(output.device)
+        return cross_entropy_loss(output, batch, self.target, weight=weight)
 
     def _split(self, split: str) -> _Split:
         data = self._splits.get(check_split(split))
@@ -371,4 +583,62 @@ class ArraysTask(ArrayTask):
         return float((y.float() ** 2).mean())
 
 
-__all__ = ["ArraysTask", "file_sha256"]
+def _label(value: Any, path: Path) -> int | float | str:
+    """A label as a plain value: whole numbers as int, other numbers as float, text as str."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | np.integer | np.floating):
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"arrays: {path} has a label that is not finite ({value!r})")
+        return int(number) if number == int(number) else number
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _label_order(value: int | float | str) -> tuple[int, Any]:
+    return (1, value) if isinstance(value, str) else (0, value)
+
+
+def _stratified_take(classes: np.ndarray, k: int) -> np.ndarray:
+    """A mask choosing `k` positions of class-sorted `classes`, each class's share
+    k * S_c / S by largest remainders, one kept per class where possible; the first positions
+    of each class (which are in random order) are taken."""
+    values, starts, counts = np.unique(classes, return_index=True, return_counts=True)
+    quota = k * counts / counts.sum()
+    take = np.minimum(np.floor(quota).astype(np.int64), counts - 1)
+    take = np.maximum(take, 0)
+    remainder = quota - take
+    for room in (counts - 1, counts):
+        for c in np.argsort(-remainder, kind="stable"):
+            if take.sum() >= k:
+                break
+            if take[c] < room[c]:
+                take[c] += 1
+    mask = np.zeros(len(classes), dtype=bool)
+    for start, t in zip(starts, take, strict=True):
+        mask[start : start + t] = True
+    return mask
+
+
+def _valid(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """(S, T) mask of the valid steps."""
+    if lengths is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool)
+    return torch.arange(x.shape[1])[None, :] < lengths[:, None]
+
+
+def standardize(
+    x: Tensor, mean: list[float], std: list[float], lengths: Tensor | None = None
+) -> Tensor:
+    """(x - mean) / std per channel of x (S, T, D), float32, with padding steps left 0."""
+    m = torch.as_tensor(mean, dtype=torch.float64)
+    s = torch.as_tensor(std, dtype=torch.float64)
+    out = ((x.double() - m) / s).float()
+    if lengths is not None:
+        out[~_valid(x, lengths)] = 0.0
+    return out
+
+
+__all__ = ["ArraysTask", "file_sha256", "standardize"]

@@ -103,6 +103,10 @@ class Task:
         """The primary metric of an uninformed predictor (for 'near chance' checks)."""
         raise NotImplementedError
 
+    def has_split(self, split: str) -> bool:
+        """Whether the task has samples for `split` (a file-backed task may have no val split)."""
+        return check_split(split) in SPLITS
+
     def recorded_kwargs(self) -> dict[str, Any]:
         """Constructor arguments resolved when the task was built (e.g. a data file's absolute
         path and checksum), which a run saves with its task arguments so that `eval` and
@@ -187,10 +191,16 @@ def _at_least_float32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def cross_entropy_loss(output: Tensor, batch: Batch, target: str) -> Tensor:
-    """Mean cross-entropy over samples ("last") or unmasked steps ("sequence")."""
+def cross_entropy_loss(
+    output: Tensor, batch: Batch, target: str, weight: Tensor | None = None
+) -> Tensor:
+    """Mean cross-entropy over samples ("last") or unmasked steps ("sequence"); with `weight`
+    (C,), each term weighed by its class's weight and the mean taken over the weights."""
     logits, y = _flatten(output, batch, target, classes=True)
-    return torch.nn.functional.cross_entropy(_at_least_float32(logits), y)
+    logits = _at_least_float32(logits)
+    if weight is not None:
+        weight = weight.to(logits.dtype)
+    return torch.nn.functional.cross_entropy(logits, y, weight=weight)
 
 
 def mse_loss(output: Tensor, batch: Batch, target: str) -> Tensor:
@@ -328,6 +338,9 @@ class ArrayTask(Task):
             raise ValueError(
                 f"seq_len cannot be overridden for {self.name}: its length is fixed by the data"
             )
+
+    def has_split(self, split: str) -> bool:
+        return check_split(split) in self._data
 
     def split_size(self, split: str) -> int:
         """Number of samples in `split`."""

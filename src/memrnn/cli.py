@@ -200,7 +200,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     name = f"eval_{args.split}_{args.seq_len or 'default'}.json"
     try:
+        _claim_run_file(run_dir, name)
         atomic_write_text(run_dir / name, json.dumps(result, indent=2))
+    except UsageError as err:
+        print(f"memrnn: warning: result not saved: {err}", file=sys.stderr)
     except OSError as err:
         # The result is printed above; the copy in the run folder is a convenience.
         print(f"memrnn: warning: result not saved: {describe_os_error(err)}", file=sys.stderr)
@@ -303,7 +306,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from memrnn.export import StepModule, export_onnx, export_step
+    from memrnn.export import StepModule, export_onnx, export_step, plain_text
 
     out = _output_file(args.out, "--out", (".pt2",))
     onnx_path = _output_file(args.onnx, "--onnx", (".onnx",)) if args.onnx else None
@@ -327,7 +330,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ImportError as err:
             raise UsageError(str(err)) from None
         except Exception as err:
-            message = " ".join(str(err).split())[:300]
+            message = plain_text(str(err))[:300]
             raise UsageError(
                 f"ONNX export of {folder} failed ({type(err).__name__}: "
                 f"{message}); units with a complex state (LRU) have no ONNX "
@@ -388,6 +391,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not (Path(run) / "metrics.csv").is_file():
         raise UsageError(f"{run!r} has no metrics.csv; pass a run folder written by `memrnn train`")
     out = _output_file(args.out, "--out", PLOT_SUFFIXES) if args.out else None
+    if out is None:
+        _claim_run_file(Path(run), "curves.png")
     try:
         print(plot_curves(run, out))
     except (ValueError, KeyError, TypeError, IndexError) as err:
@@ -415,6 +420,21 @@ def _output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
     return out
 
 
+def _claim_run_file(run_dir: Path, name: str) -> None:
+    """Records `name` in the run-file list of `run_dir` (when it is a run folder) before it is
+    written there; UsageError when a file of that name is someone else's, or a link."""
+    from memrnn.train.runfolder import RunFiles, describe_os_error, refuse_link
+
+    files = RunFiles(run_dir)
+    if files.exists:
+        files.claim(name)
+    else:
+        try:
+            refuse_link(run_dir / name)
+        except OSError as err:
+            raise UsageError(describe_os_error(err)) from None
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
@@ -437,7 +457,10 @@ def _plot_states(args: argparse.Namespace) -> int:
     if batch.lengths is not None:
         x = x[: int(batch.lengths[0])]
     cfg = training.get("train_config") or {}
-    out = out or folder.parent / "states.png"
+    if out is None:
+        out = folder.parent / "states.png"
+        for name in (out.name, f"{out.stem}_spikes{out.suffix}"):
+            _claim_run_file(folder.parent, name)
     title = f"{cfg.get('model')} on {cfg.get('task')}: states over time (one {args.split} sample)"
     for path in plot_states(model, x, out, title=title):
         print(path)
@@ -465,11 +488,45 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _int(text: str) -> int:
+def _int(text: str, limit: int | None = None) -> int:
+    from memrnn.train.config import MAX_COUNT
+
+    limit = MAX_COUNT if limit is None else limit
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+    if abs(value) > limit:
+        raise argparse.ArgumentTypeError(f"expected an integer up to {limit}, got {text[:40]!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from memrnn.train.config import MAX_SEED
+
+    value = _int(text, MAX_SEED)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**64), got {text!r}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    from memrnn.train.config import MAX_BATCH
+
+    value = _int(text, MAX_BATCH)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -487,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--samples", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--batch-size", type=_batch_size, default=64)
     p = sub.add_parser("generate", help="sample text from a next-token model")
     p.add_argument(
         "--checkpoint",
@@ -498,11 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n", type=_non_negative_int, default=100, help="characters to add (default 100)"
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
+    p.add_argument("--temperature", type=_temperature, default=1.0, help="0 is greedy (default 1)")
     p.add_argument(
         "--top-k", type=_positive_int, default=None, help="sample among the k most likely"
     )
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p = sub.add_parser("stream", help="run a model step by step on values read from stdin")
     p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
     p.add_argument(
@@ -521,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--states", action="store_true", help="plot hidden states of one sample")
     p.add_argument("--seq-len", type=_positive_int, default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--out", default=None, help="PNG, PDF or SVG path (default: PNG in the run folder)"
     )

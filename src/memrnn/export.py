@@ -16,6 +16,12 @@ are done once here, on the example inputs); networks through `step`. Complex sta
 because ONNX has no complex tensors (ours). Call `model.eval()` before exporting a model
 with dropout; the export functions leave the train/eval mode alone.
 
+A state that grows (the full-attention Transformer's key/value cache, empty at the start)
+exports with its length as a second dynamic dim: the example state is advanced by
+`GROW_STEPS` eager steps first, since torch.export specialises a length of 0 or 1; the
+program then takes any cache length >= 0 (a Transformer with `window=W` has a state of fixed
+size and exports like any unit).
+
 Known limits: the ONNX exporters have no complex arithmetic, so units with a complex
 recurrence (LRU, and hybrids containing one) export with `export_step` but not to ONNX.
 
@@ -30,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,6 +150,17 @@ def example_inputs(
     return (x_t, *step.initial_tensors(batch_size, device=device, dtype=dtype))
 
 
+# Eager steps that give a growing example state a length torch.export does not specialise.
+GROW_STEPS = 2
+
+
+def growing_dims(model: nn.Module) -> list[list[int]]:
+    """Per flat state tensor, the dims (beyond the batch) that are empty in the initial state
+    and grow with every step (the full-attention Transformer's cache length)."""
+    leaves, _ = flatten_state(model.init_state(1, device="meta"))
+    return [[d for d in range(1, t.dim()) if t.shape[d] == 0] for t in leaves]
+
+
 def _check_batch(batch_size: Any, caller: str) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{caller}: `batch_size` must be a positive int, got {batch_size!r}")
@@ -170,14 +188,25 @@ def _prepared(
         model.check_step_input(args[0])
         model.check_state(step.unpack(args[1:]), batch_size)
     with torch.no_grad():
-        step(*args)
+        out = step(*args)
+        if any(growing_dims(model)):
+            for _ in range(GROW_STEPS):
+                args = (args[0], *out[1:])
+                out = step(*args)
+            args = (args[0], *out[1:])
     return step, args
 
 
-def _batch_dynamic_shapes(n_state: int) -> tuple[Any, ...]:
-    """Dim 0 of x_t and of every state tensor is the batch, nested as forward's signature."""
+def _batch_dynamic_shapes(n_state: int, grows: list[list[int]] | None = None) -> tuple[Any, ...]:
+    """Dim 0 of x_t and of every state tensor is the batch, nested as forward's signature;
+    the dims in `grows` (per state tensor) are one shared dynamic cache length."""
     batch = torch.export.Dim("batch")
-    return ({0: batch}, tuple({0: batch} for _ in range(n_state)))
+    cache = torch.export.Dim("cache")
+    grows = grows or [[] for _ in range(n_state)]
+    return (
+        {0: batch},
+        tuple({0: batch, **{d: cache for d in grows[i]}} for i in range(n_state)),
+    )
 
 
 def export_step(
@@ -205,7 +234,14 @@ def export_step(
     )
     if not dynamic_batch and batch_size == 1:
         args = tuple(a[:1] for a in args)
-    dynamic_shapes = _batch_dynamic_shapes(len(args) - 1) if dynamic_batch else None
+    grows = growing_dims(model)
+    if dynamic_batch:
+        dynamic_shapes = _batch_dynamic_shapes(len(args) - 1, grows)
+    elif any(grows):
+        cache = torch.export.Dim("cache")
+        dynamic_shapes = ({}, tuple({d: cache for d in g} for g in grows))
+    else:
+        dynamic_shapes = None
     with torch.no_grad():
         return torch.export.export(step, args, dynamic_shapes=dynamic_shapes)
 
@@ -240,6 +276,33 @@ def export_onnx(
     input_names = ["x_t", *names]
     output_names = ["y_t", *(f"new_{n}" for n in names)]
     path = os.fspath(path)
+    try:
+        _onnx_export(step, args, path, input_names, output_names, dynamo)
+    except Exception as err:
+        # The exporter colours its messages for a terminal; the error says it in plain text.
+        raise RuntimeError(
+            f"ONNX export failed ({type(err).__name__}: {plain_text(str(err))})"
+        ) from err
+    return path
+
+
+# Terminal control sequences (colours, cursor moves): CSI ... final byte, and OSC ... BEL/ST.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b[@-_]")
+
+
+def plain_text(text: str) -> str:
+    """`text` without terminal escape sequences, on one line."""
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def _onnx_export(
+    step: nn.Module,
+    args: tuple[Tensor, ...],
+    path: str,
+    input_names: list[str],
+    output_names: list[str],
+    dynamo: bool,
+) -> None:
     with torch.no_grad():
         if dynamo:
             torch.onnx.export(
@@ -249,7 +312,7 @@ def export_onnx(
                 dynamo=True,
                 input_names=input_names,
                 output_names=output_names,
-                dynamic_shapes=_batch_dynamic_shapes(len(args) - 1),
+                dynamic_shapes=_batch_dynamic_shapes(len(args) - 1, growing_dims(step.model)),
                 report=False,
                 verbose=False,
             )
@@ -263,7 +326,6 @@ def export_onnx(
                 output_names=output_names,
                 dynamic_axes={n: {0: "batch"} for n in input_names + output_names},
             )
-    return path
 
 
 def run_onnx(path: str | os.PathLike[str], x_t: Tensor, *state: Tensor) -> list[Tensor]:
@@ -299,6 +361,7 @@ __all__ = [
     "export_onnx",
     "export_step",
     "flatten_state",
+    "plain_text",
     "run_onnx",
     "unflatten_state",
 ]

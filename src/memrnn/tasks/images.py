@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memrnn.tasks.base import Batch, Task, check_split, default_generator, split_seed
+from memrnn.tasks.base import (
+    Batch,
+    Task,
+    check_float,
+    check_int,
+    check_split,
+    default_generator,
+    split_seed,
+)
 from memrnn.tasks.encoding import rate_encode
 
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -170,6 +178,10 @@ def _carve_val(images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, Tens
     return images[idx], labels[idx]
 
 
+# The longest spike train an image task encodes (one image is MAX_STEPS x features values).
+MAX_STEPS = 100_000
+
+
 class _ImageTask(Task):
     """Shared sampling of (intensity or frame, label) pairs; subclasses fill `_data(split)`."""
 
@@ -180,6 +192,11 @@ class _ImageTask(Task):
     output_size = 10
 
     def __init__(self, n_steps: int = 200, n_empty: int = 20, p_max: float = 0.25, seed: int = 0):
+        n_steps, n_empty = check_int("n_steps", n_steps), check_int("n_empty", n_empty, 0)
+        if n_steps + n_empty > MAX_STEPS:
+            raise ValueError(f"n_empty + n_steps must be <= {MAX_STEPS}, got {n_empty + n_steps}")
+        p_max = check_float("p_max", p_max, 0.0, 1.0)
+        seed = check_int("seed", seed, 0)
         self.n_steps, self.n_empty, self.p_max, self.seed = n_steps, n_empty, p_max, seed
         self.seq_len = n_empty + n_steps
         self._cache: dict[str, tuple[Tensor, Tensor]] = {}

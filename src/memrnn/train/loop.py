@@ -68,6 +68,7 @@ from memrnn.train.config import (
     TrainConfig,
     TrainingDiverged,
     UsageError,
+    check_model_size,
     resolve_config,
     resume_differences,
 )
@@ -109,6 +110,8 @@ class TrainResult:
     task: Task | None = None
     skipped: int = 0
     rank: int = 0
+    # The step at which early stopping ended the run (None: it was not stopped early).
+    stopped_early: int | None = None
 
 
 # -- building blocks ---------------------------------------------------------------------------
@@ -483,6 +486,11 @@ class _Run:
     skipped: int = 0
     saved: tuple[Path, int] | None = None
     val: dict[str, float] = field(default_factory=dict)
+    # Evaluations since the primary metric last improved (early stopping), and where the
+    # run was stopped early.
+    stale: int = 0
+    best_step: int | None = None
+    stopped_early: int | None = None
 
 
 def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
@@ -499,6 +507,7 @@ def _train(config: TrainConfig, echo: bool, info: DistInfo) -> TrainResult:
         run.task,
         run.skipped,
         info.rank,
+        run.stopped_early,
     )
 
 
@@ -508,6 +517,11 @@ def _loop(run: _Run) -> int:
     config, info = run.config, run.info
     run.model.train()
     step = run.start
+    if _early_stop_due(run):
+        # A run stopped early and resumed with the same patience stays stopped.
+        run.stopped_early = step
+        return step
+    validate = run.task.has_split("val")
     tick = time.perf_counter()
     for step in range(run.start + 1, run.end + 1):
         log_now = step % config.log_every == 0 or step == run.end
@@ -533,16 +547,30 @@ def _loop(run: _Run) -> int:
         if at_eval or at_ckpt or step == run.end or out_of_time:
             run.elapsed += time.perf_counter() - tick
             rng_ranks = _gather(_rng_states(run.generator), info)
+            evaluated = validate and (at_eval or step == run.end or out_of_time)
             if info.is_main:
                 improved = False
-                if at_eval or step == run.end or out_of_time:
+                if evaluated:
                     improved = _evaluate_val(run, step, lr)
+                    run.stale = 0 if improved else run.stale + 1
+                    if improved:
+                        run.best_step = step
                 _checkpoint(run, step, rng_ranks, improved)
             barrier()
             tick = time.perf_counter()
+            if evaluated and config.early_stop > 0:
+                # Rank 0 evaluated; every rank stops at the same step.
+                if _any_rank(info.is_main and _early_stop_due(run), info):
+                    run.stopped_early = step
+                    break
         if out_of_time:
             break
     return step
+
+
+def _early_stop_due(run: _Run) -> bool:
+    """Whether `early_stop` evaluations in a row have not improved the primary metric."""
+    return run.config.early_stop > 0 and run.stale >= run.config.early_stop
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -564,6 +592,11 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
     run_dir = prepare_run_dir(config.out)
     seed_everything(config.seed)
     task = build_task(config.task, config.seq_len, **config.task_kwargs)
+    if config.early_stop > 0 and not task.has_split("val"):
+        raise UsageError(
+            f"--early-stop {config.early_stop} watches the validation split, and this task has "
+            "none (val_fraction 0); drop --early-stop or give a validation split"
+        )
     # Saved with the run (config.yaml, checkpoints): e.g. a data file's path and checksum.
     config.task_kwargs = {**config.task_kwargs, **task.recorded_kwargs()}
     resume_folder = None
@@ -581,8 +614,15 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
     else:
         try:
             model_config = config_for_task(config.model, task, **config.model_overrides)
+            check_model_size(model_config)
         except (ValueError, TypeError) as err:
             raise UsageError(_one_line(err)) from None
+        task_kind = getattr(task, "input_kind", "real")
+        if model_config.input_kind != task_kind:
+            raise UsageError(
+                f"--model.input_kind {model_config.input_kind} does not fit task "
+                f"{config.task!r}, whose inputs are {task_kind}; drop --model.input_kind"
+            )
     dtype = getattr(torch, config.dtype)
     try:
         model = build_model(model_config).to(device=device, dtype=dtype)
@@ -635,6 +675,13 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
         atomic_write_text(run_dir / CONFIG_YAML, text)
         if echo:
             print(f"# resolved config ({run_dir / CONFIG_YAML})\n{text}", end="")
+            n_params = sum(p.numel() for p in model.parameters())
+            print(f"# model {config.model}: {n_params:,} parameters")
+            if not task.has_split("val"):
+                print(
+                    "# no validation split (val_fraction 0): the run is not evaluated while "
+                    "it trains and its last checkpoint is the result"
+                )
         if config.progress:
             run.progress = _Progress(
                 f"{config.model} on {config.task}", run.start, run.end, config.batch_size
@@ -773,6 +820,8 @@ def _restore(run: _Run, folder: Path) -> None:
     run.start, run.best = step, state.get("best")
     run.elapsed = state.get("train_time", 0.0)
     run.skipped = state.get("skipped", 0)
+    run.stale = int(state.get("stale_evaluations") or 0)
+    run.best_step = state.get("best_step")
     run.saved = (folder, step)
 
 
@@ -910,6 +959,8 @@ def _training_state(run: _Run, step: int, rng_ranks: list[Any]) -> dict[str, Any
         "best": run.best,
         "train_time": run.elapsed,
         "skipped": run.skipped,
+        "stale_evaluations": run.stale,
+        "best_step": run.best_step,
         "world_size": run.info.world_size,
         "val": run.val,
         "train_config": run.config.to_dict(),

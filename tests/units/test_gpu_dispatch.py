@@ -34,8 +34,9 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 # The constant-threshold MRU runs `mru_scan`, which has no triton kernel: torch ops on CUDA.
 _TORCH_ON_CUDA = {"bmru-constant"}
 _COVERED = {name for name, _ in CASES.values()}
-# Parallel units whose ops have no triton kernel (the LMU's convolution runs torch ops).
-_NO_TRITON = {"plmu", "lmu"}
+# Parallel units whose ops have no triton kernel (the LMU's convolution runs torch ops, the
+# Transformer's attention scaled_dot_product_attention).
+_NO_TRITON = {"plmu", "lmu", "transformer"}
 for _name, _cls in sorted(UNITS.items()):
     if "parallel" in _cls.modes and _name not in _COVERED | _NO_TRITON:
         CASES[_name] = (_name, dict(_cls.example_kwargs))

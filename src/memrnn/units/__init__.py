@@ -1,5 +1,5 @@
 """Recurrent units: MRUs (BMRU, CMRU, αCMRU), LRU, minGRU, parallel and original LMU, SRC,
-baselines."""
+baselines and a causal Transformer."""
 
 from memrnn.units.acmru import AlphaCMRU
 from memrnn.units.base import (
@@ -26,6 +26,7 @@ from memrnn.units.lru import LRU, LRUState
 from memrnn.units.mingru import MinGRU, MinGRUState
 from memrnn.units.mru import BMRU, CMRU, BMRUState, bmru_scan, write_rate_penalty
 from memrnn.units.src import SRC, SRCState, spike_stats
+from memrnn.units.transformer import Transformer, TransformerState
 
 __all__ = [
     "LMU",
@@ -64,4 +65,6 @@ __all__ = [
     "mark_no_weight_decay",
     "register_unit",
     "spike_stats",
+    "Transformer",
+    "TransformerState",
 ]

@@ -257,22 +257,28 @@ def test_eval_of_a_damaged_checkpoint_exits_2_with_one_line(tmp_path, capsys, tr
 def test_eval_of_a_text_model_encodes_with_the_saved_vocabulary(tmp_path, capsys, tiny_flags):
     run = _text_run(tmp_path, tiny_flags)
     corpus = tmp_path / "corpus.txt"
-    # The corpus loses its 'a's: a vocabulary rebuilt from it would shift every later id.
-    corpus.write_text(corpus.read_text().replace("a", "o"))
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--samples", "8"]) == 0
     from memrnn.cli import _checkpoint_training, _task_of
+    from memrnn.tasks.registry import create_task
     from memrnn.train.checkpoint import find_checkpoint, load_vocab
 
     folder = find_checkpoint(run)
     task = _task_of(_checkpoint_training(folder), folder)
     assert task.vocab == load_vocab(folder) and "a" in task.vocab
-    # A character the model never saw cannot be encoded: one line, exit 2.
-    corpus.write_text(corpus.read_text() + "Z")
-    capsys.readouterr()
+    # The run recorded the corpus's SHA-256: a changed corpus is not scored in its place.
+    original = corpus.read_text()
+    corpus.write_text(original.replace("a", "o"))
     assert main(["eval", "--checkpoint", str(run), "--samples", "8"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "characters outside `vocab` ('Z')" in err
+    assert err.count("\n") == 1 and "has changed since the run recorded it" in err
+    # Built with the saved vocabulary, ids keep their meaning; a character the model never
+    # saw cannot be encoded.
+    changed = create_task("text", path=str(corpus), seq_len=10, vocab=task.vocab)
+    assert changed.vocab == task.vocab
+    corpus.write_text(original + "Z")
+    with pytest.raises(ValueError, match=r"characters outside `vocab` \('Z'\)"):
+        create_task("text", path=str(corpus), seq_len=10, vocab=task.vocab)
 
 
 def test_progress_is_a_bar_only_on_a_terminal(tmp_path, capsys, tiny_flags):

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
 
-from memrnn.runtime import keep_freed_memory
+from memrnn.runtime import keep_freed_memory, set_threads
 from memrnn.train.config import TrainingDiverged, UsageError
 from memrnn.train.runfolder import atomic_write_text, describe_os_error
 
@@ -84,10 +85,15 @@ def cmd_train(tokens: list[str]) -> int:
     from memrnn.train.runfolder import load_run_config
 
     if any(t in ("-h", "--help") for t in tokens):
-        print(__doc__)
+        from memrnn.cli_help import format_train_help
+
+        print(format_train_help())
         return 0
     config_file, overrides = parse_overrides(tokens)
     overrides = {normalise_key(k): v for k, v in overrides.items()}
+    # Threads are how fast this process runs, not what the run trains: not a config key.
+    threads = overrides.pop("threads", None)
+    _apply_threads(None if threads is None else _threads_option(threads))
     base = None
     resume = overrides.get("resume", "false").lower() in ("true", "1", "yes", "on")
     if resume:
@@ -112,15 +118,41 @@ def cmd_train(tokens: list[str]) -> int:
     if result.rank != 0:
         return 0
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
+    if result.stopped_early is not None:
+        print(
+            f"stopped early at step {result.stopped_early}: {config.early_stop} evaluations "
+            f"without improvement (best {result.best_metric:.4g})"
+        )
+    val = f"val {summary}" if summary else "no validation (last checkpoint kept)"
     print(
-        f"step {result.step}: val {summary} (train time {result.train_time:.1f} s); "
+        f"step {result.step}: {val} (train time {result.train_time:.1f} s); "
         f"checkpoints in {result.run_dir}"
     )
     return 0
 
 
+def _threads_option(text: str) -> int:
+    """--threads N as an int >= 1; UsageError."""
+    try:
+        value = int(str(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"--threads expects an integer >= 1, got {text!r}")
+    return value
+
+
+def _apply_threads(n: int | None) -> None:
+    """Threads of torch and numba together (memrnn.runtime.set_threads): `n`, or sized from
+    OMP_NUM_THREADS / NUMBA_NUM_THREADS or the idle cores."""
+    set_threads(n)
+
+
 def _checkpoint_model(path: str) -> tuple[Any, Path]:
-    """(model, checkpoint folder) of a run or checkpoint folder, verified; UsageError."""
+    """(model, checkpoint folder) of a run or checkpoint folder, verified; UsageError. A run
+    trained on standardised inputs (--task.normalize standardize) gets its recorded
+    normalisation in front of its encoder, so the model takes raw inputs."""
+    from memrnn.tasks.arrays import with_input_standardization
     from memrnn.train.checkpoint import CheckpointError, find_checkpoint, load_model
 
     try:
@@ -130,7 +162,33 @@ def _checkpoint_model(path: str) -> tuple[Any, Path]:
         raise UsageError(str(err)) from None
     except CheckpointError as err:
         raise UsageError(f"{err}; use another checkpoint (e.g. {Path(path) / 'prev'})") from None
+    stats = _normalization(folder)
+    if stats is not None:
+        try:
+            with_input_standardization(model, *stats)
+        except ValueError as err:
+            raise UsageError(_one_line(err)) from None
     return model, folder
+
+
+def _task_kwargs(folder: Path) -> dict[str, Any]:
+    """The task arguments a checkpoint's run recorded (empty when it recorded none)."""
+    cfg = _checkpoint_training(folder).get("train_config") or {}
+    kwargs = cfg.get("task_kwargs") if isinstance(cfg, dict) else None
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _normalization(folder: Path) -> tuple[list[float], list[float]] | None:
+    """(mean, std) of a run trained with --task.normalize standardize, else None."""
+    kwargs = _task_kwargs(folder)
+    if kwargs.get("normalize") != "standardize":
+        return None
+    mean, std = kwargs.get("mean"), kwargs.get("std")
+    if not isinstance(mean, list) or not isinstance(std, list) or len(mean) != len(std):
+        raise UsageError(
+            f"{folder} was trained on standardised inputs but records no usable mean and std"
+        )
+    return mean, std
 
 
 def _checkpoint_training(folder: Path) -> dict[str, Any]:
@@ -154,6 +212,11 @@ def _task_of(training: dict[str, Any], folder: Path) -> Any:
     if not isinstance(cfg, dict) or "task" not in cfg:
         raise UsageError("this checkpoint does not record its task; train it with `memrnn train`")
     kwargs = dict(cfg.get("task_kwargs") or {})
+    if kwargs.get("normalize") == "standardize":
+        # The model loaded by _checkpoint_model standardises its inputs itself.
+        kwargs["normalize"] = "none"
+        kwargs.pop("mean", None)
+        kwargs.pop("std", None)
     try:
         vocab = load_vocab(folder)
         if vocab is not None and "vocab" in task_kwargs(cfg["task"]):
@@ -164,50 +227,202 @@ def _task_of(training: dict[str, Any], folder: Path) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from memrnn.train.loop import evaluate
+    from memrnn.evaluation import class_report, format_report, score_split
 
     model, folder = _checkpoint_model(args.checkpoint)
     training = _checkpoint_training(folder)
     run_dir = folder.parent
     task = _task_of(training, folder)
     cfg = training.get("train_config") or {}
-    try:
-        loss, metrics = evaluate(
-            model,
-            task,
-            args.split,
-            args.samples or cfg.get("eval_samples", 512),
-            args.batch_size,
-            seq_len=args.seq_len,
+    if not task.has_split(args.split):
+        raise UsageError(
+            f"the task of {folder} has no {args.split} split (e.g. val_fraction 0); "
+            "choose another --split"
         )
+    samples = args.samples
+    if samples is None and not hasattr(task, "split_size"):
+        # A generated task has no end: as many samples as the run validated on.
+        samples = cfg.get("eval_samples", 512)
+    try:
+        scores = score_split(model, task, args.split, samples, args.batch_size, args.seq_len)
     except (ValueError, TypeError) as err:
         raise UsageError(
             f"cannot evaluate {folder} on {cfg.get('task')}: {_one_line(err)}"
         ) from None
     length = args.seq_len or "default"
+    scope = "all" if args.samples is None and hasattr(task, "split_size") else str(scores.count)
+    metrics = {k: v for k, v in scores.metrics.items() if k != "loss"}
     result = {
         "checkpoint": str(folder),
         "split": args.split,
         "seq_len": args.seq_len,
         "step": training.get("step"),
+        "sequences": scores.count,
+        "whole_split": scope == "all",
         **metrics,
-        "loss": loss,
+        "loss": scores.loss,
     }
+    whole = "all" if scope == "all" else "the first"
     print(
         f"{folder} ({cfg.get('model')} on {cfg.get('task')}, step {training.get('step')}), "
-        f"split {args.split}, length {length}: loss={loss:.4g} "
-        + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss")
+        f"split {args.split}, length {length}, {whole} {scores.count} sequences: "
+        f"loss={scores.loss:.4g} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     )
-    name = f"eval_{args.split}_{args.seq_len or 'default'}.json"
+    stem = f"eval_{args.split}_len-{length}_n-{scope}"
+    files = {f"{stem}.json": json.dumps(result, indent=2)}
+    report = None
+    if args.report:
+        if scores.targets is None:
+            raise UsageError(
+                "--report needs a classification task with one class per sequence; "
+                f"{cfg.get('task')} is not one"
+            )
+        classes = getattr(task, "classes", None) or list(range(task.output_size))
+        report = class_report(scores.targets, scores.predictions, classes)
+        print(format_report(report))
+        files[f"{stem}_report.json"] = json.dumps({**result, "report": report}, indent=2)
+    _save_eval(run_dir, files, result)
+    if report is not None:
+        from memrnn.evaluation import plot_confusion
+
+        png = run_dir / f"{stem}_confusion.png"
+        try:
+            _claim_run_file(run_dir, png.name)
+            title = f"{cfg.get('model')} on {cfg.get('task')}, {args.split}: {scores.count}"
+            print(plot_confusion(report, png, title))
+        except UsageError as err:
+            print(f"memrnn: warning: confusion matrix not saved: {err}", file=sys.stderr)
+        except OSError as err:
+            print(
+                f"memrnn: warning: confusion matrix not saved: {describe_os_error(err)}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+EVALS_CSV = "evals.csv"
+EVALS_COLUMNS = ("step", "split", "seq_len", "sequences", "whole_split", "loss", "metrics")
+
+
+def _save_eval(run_dir: Path, files: dict[str, str], result: dict[str, Any]) -> None:
+    """Writes each result file to the run folder and appends the result to evals.csv (one
+    row per evaluation); a failure is a warning, since the result is printed."""
+    import csv
+    import io
+
     try:
-        _claim_run_file(run_dir, name)
-        atomic_write_text(run_dir / name, json.dumps(result, indent=2))
+        for name, text in files.items():
+            _claim_run_file(run_dir, name)
+            atomic_write_text(run_dir / name, text)
+            print(run_dir / name)
+        _claim_run_file(run_dir, EVALS_CSV)
+        table = run_dir / EVALS_CSV
+        old = table.read_text(encoding="utf-8") if table.is_file() else ""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        if not old:
+            writer.writerow(EVALS_COLUMNS)
+        fixed = {"checkpoint", "step", "split", "seq_len", "sequences", "whole_split", "loss"}
+        metrics = " ".join(f"{k}={v:.6g}" for k, v in result.items() if k not in fixed)
+        writer.writerow(
+            [result["step"], result["split"], result["seq_len"] or "default"]
+            + [result["sequences"], result["whole_split"], f"{result['loss']:.6g}", metrics]
+        )
+        atomic_write_text(table, old + buffer.getvalue())
     except UsageError as err:
         print(f"memrnn: warning: result not saved: {err}", file=sys.stderr)
     except OSError as err:
         # The result is printed above; the copy in the run folder is a convenience.
         print(f"memrnn: warning: result not saved: {describe_os_error(err)}", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from memrnn.evaluation import predict
+    from memrnn.tasks.arrays import label_value, read_inputs
+
+    out_path = _output_file(args.out, "--out", (".csv",)) if args.out is not None else None
+    model, folder = _checkpoint_model(args.checkpoint)
+    config = model.config
+    if config.input_kind != "real":
+        raise UsageError(
+            f"predict reads real-valued sequences; {folder} holds a token model "
+            "(use `memrnn generate`)"
+        )
+    try:
+        x, lengths, y, names = read_inputs(args.input, args.split)
+    except ValueError as err:
+        raise UsageError(_one_line(err)) from None
+    if x.shape[-1] != config.input_size:
+        raise UsageError(
+            f"{args.input} has {x.shape[-1]} channel(s) per step; {folder} was trained on "
+            f"{config.input_size}"
+        )
+    training = _checkpoint_training(folder)
+    task_info = training.get("task") or {}
+    kwargs = _task_kwargs(folder)
+    classify = task_info.get("loss_kind") == "cross_entropy"
+    dtype = next(model.parameters()).dtype
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float32)).to(dtype)
+    n = None if lengths is None else torch.as_tensor(lengths.astype(np.int64))
+    if n is not None and bool((n == x.shape[1]).all()):
+        n = None
+    out = predict(model, xt, n, args.batch_size)
+    classes = kwargs.get("classes") or list(range(config.output_size))
+    per_step = out.dim() == 3
+    header = ["sequence"] + (["step"] if per_step else [])
+    header += ["predicted"] + [f"p_{c}" for c in classes] if classify else []
+    if not classify:
+        header += [f"y{i}" for i in range(out.shape[-1])]
+    rows = []
+    steps = [x.shape[1] if n is None else int(n[i]) for i in range(len(names))]
+    values = torch.softmax(out.double(), -1) if classify else out.double()
+    for i, name in enumerate(names):
+        for t in range(steps[i]) if per_step else [None]:
+            v = values[i] if t is None else values[i, t]
+            row = [name] + ([] if t is None else [t])
+            if classify:
+                row.append(classes[int(v.argmax())])
+            rows.append(row + [f"{float(p):.6g}" for p in v])
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    summary = f"{folder}: predicted {len(names)} sequences of {args.input}"
+    if classify and not per_step and y is not None:
+        summary += _accuracy_note(y, n, classes, values.argmax(-1), label_value)
+    if out_path is None:
+        sys.stdout.write(buffer.getvalue())
+        print(summary, file=sys.stderr)
+    else:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_path, buffer.getvalue())
+        print(f"{summary}; written to {out_path}")
     return 0
+
+
+def _accuracy_note(y: Any, lengths: Any, classes: list[Any], predicted: Any, label: Any) -> str:
+    """'; accuracy A on the labels y' (one label per sequence), or why there is none."""
+    import numpy as np
+
+    if y.ndim > 1:
+        flat = y.reshape(y.shape[0], y.shape[1])
+        last = y.shape[1] - 1 if lengths is None else lengths.numpy() - 1
+        y = flat[np.arange(y.shape[0]), last]
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        known = [index.get(label(v)) for v in y.tolist()]
+    except ValueError:
+        return "; its y holds labels that cannot be read"
+    if any(k is None for k in known):
+        return "; its y holds labels that are not among the run's classes, so no accuracy"
+    hits = sum(int(k == int(p)) for k, p in zip(known, predicted.tolist(), strict=True))
+    return f"; accuracy {hits / max(len(known), 1):.4f} ({hits}/{len(known)}) on its y"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -524,8 +739,8 @@ def _temperature(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -541,10 +756,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", required=True, help="run folder (best, else last) or checkpoint folder"
     )
-    p.add_argument("--seq-len", type=_positive_int, default=None)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--samples", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_batch_size, default=64)
+    p.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        default=None,
+        help="sequence length to evaluate at (default: the task's own test length)",
+    )
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="data split")
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=None,
+        help="score only the first N sequences of the split (default: all of it; a "
+        "generated task: the run's --eval-samples)",
+    )
+    p.add_argument("--batch-size", type=_batch_size, default=64, help="sequences per batch")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also per-class precision, recall and F1 and the confusion matrix: printed, "
+        "in a _report.json and as a _confusion.png in the run folder (classification)",
+    )
+    _add_threads(p)
+    p = sub.add_parser(
+        "predict", help="predict a file of new sequences (.npz or CSV) with a trained run"
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="run folder (best, else last) or checkpoint folder"
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help=".npz with x (S, T, D) or (S, T) and optional lengths and y, or a CSV with "
+        "columns sequence, x..., optional y... and split (one row per step)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="CSV file to write (default: print the CSV): one row per sequence with the "
+        "predicted label and the class probabilities, or one row per step for per-step models",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=("train", "val", "test"),
+        help="read x_SPLIT (.npz) or the rows of that split (CSV) instead of x / all rows",
+    )
+    p.add_argument("--batch-size", type=_batch_size, default=64, help="sequences per batch")
+    _add_threads(p)
     p = sub.add_parser("generate", help="sample text from a next-token model")
     p.add_argument(
         "--checkpoint",
@@ -559,7 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-k", type=_positive_int, default=None, help="sample among the k most likely"
     )
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling")
+    _add_threads(p)
     p = sub.add_parser("stream", help="run a model step by step on values read from stdin")
     p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
     p.add_argument(
@@ -567,22 +827,64 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the index of the largest output (a class) instead of the values",
     )
+    _add_threads(p)
     p = sub.add_parser("export", help="export the model's step function (torch.export, ONNX)")
     p.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
     p.add_argument("--out", required=True, help="the .pt2 file to write")
     p.add_argument("--onnx", default=None, help="also write this .onnx file")
+    _add_threads(p)
     sub.add_parser("list", help="registered models and tasks")
     p = sub.add_parser("plot", help="learning curves, or hidden states over time")
     p.add_argument("--run", default=None, help="run folder: learning curves from metrics.csv")
     p.add_argument("--checkpoint", default=None, help="run or checkpoint folder (with --states)")
     p.add_argument("--states", action="store_true", help="plot hidden states of one sample")
-    p.add_argument("--seq-len", type=_positive_int, default=None)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        default=None,
+        help="length of the sample (with --states; default: the task's test length)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="split the sample is drawn from (with --states)",
+    )
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="seed that draws the sample (with --states)"
+    )
     p.add_argument(
         "--out", default=None, help="PNG, PDF or SVG path (default: PNG in the run folder)"
     )
+    _add_threads(p)
+    _describe_defaults(parser)
     return parser
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="threads of torch and numba together (default: OMP_NUM_THREADS or "
+        "NUMBA_NUM_THREADS when set, else the idle cores this process may use)",
+    )
+
+
+def _describe_defaults(parser: argparse.ArgumentParser) -> None:
+    """Appends `(default: X)` or `(required)` to the help of every option of every command,
+    so that `--help` and the generated reference show the values the parser really uses."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in sub.choices.values():
+        for action in command._actions:
+            text = action.help or ""
+            if text is argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            if action.required:
+                text += " (required)"
+            elif action.default not in (None, False) and "default" not in text:
+                text += f" (default: {action.default})"
+            action.help = text.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -593,7 +895,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "train":
             return cmd_train(argv[1:])
         args = parser.parse_args(argv)
+        if args.command != "list":
+            _apply_threads(args.threads)
         handlers = {
+            "predict": cmd_predict,
             "eval": cmd_eval,
             "generate": cmd_generate,
             "stream": cmd_stream,
@@ -608,6 +913,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"memrnn: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except BrokenPipeError:
+        # The reader went away (`memrnn list | head`): not an error. Output still buffered for
+        # the closed pipe goes nowhere instead of raising again when Python exits.
+        _drop_stdout()
+        return 0
     except OSError as err:
         # A full disk, a read-only folder, a vanished file: the path and the reason.
         from memrnn.train.checkpoint import CheckpointWriteError
@@ -619,6 +929,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("memrnn: interrupted; continue with --resume", file=sys.stderr)
         return 130
+
+
+def _drop_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

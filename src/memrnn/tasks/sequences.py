@@ -12,12 +12,13 @@ Image-like tasks have a length fixed by the data: a `seq_len` override raises Va
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -379,6 +380,9 @@ class CharText(GeneratedTask):
         vocab: the tokens to encode with, in id order (e.g. a trained model's vocab.json, so
             that ids keep their meaning when the file has changed); None: the sorted
             characters of the file. A character of the file outside it is an error.
+        sha256: the file's expected SHA-256; None (default) takes the file as it is now. A
+            run records the file's absolute path and SHA-256, so that `--resume` and `eval`
+            refuse a file that has changed (or another file at a relative path).
     Shapes: x (B, T) int64 (input_kind "tokens", input_size = vocabulary size);
         y (B, T) int64.
     """
@@ -397,14 +401,25 @@ class CharText(GeneratedTask):
         test_fraction: float = 0.05,
         seed: int = 0,
         vocab: list[str] | None = None,
+        sha256: str | None = None,
     ) -> None:
         if path is None or not Path(path).is_file():
             raise FileNotFoundError(f"text task: no text file at {str(path)!r}; pass path=<file>")
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.seed = check_int("seed", seed, minimum=0)
         val_fraction = check_float("val_fraction", val_fraction, 0.0, 0.5, low_open=True)
         test_fraction = check_float("test_fraction", test_fraction, 0.0, 0.5, low_open=True)
-        text = self.path.read_text(encoding="utf-8", errors="replace")
+        data = self.path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and sha256 != self.sha256:
+            raise ValueError(
+                f"text task: {str(self.path)!r} has changed since the run recorded it "
+                f"(SHA-256 {self.sha256[:12]}..., recorded {str(sha256)[:12]}...); use the "
+                "same file, or start a new run"
+            )
+        text = data.decode("utf-8", errors="replace")
+        if not text:
+            raise ValueError(f"text task: {str(self.path)!r} is empty")
         if vocab is None:
             self.vocab = sorted(set(text))
         else:
@@ -427,6 +442,10 @@ class CharText(GeneratedTask):
         self.parts = {"train": ids[:a], "val": ids[a:b], "test": ids[b:]}
         self.seq_len = self._check_len(check_int("seq_len", seq_len))
         self.input_size = self.output_size = len(self.vocab)
+
+    def recorded_kwargs(self) -> dict[str, Any]:
+        """The file's absolute path and SHA-256 (see `sha256`)."""
+        return {"path": str(self.path), "sha256": self.sha256}
 
     def _check_len(self, t: int) -> int:
         shortest = min(len(p) for p in self.parts.values())

@@ -2,6 +2,7 @@
 
 from memrnn.tasks.arrays import ArraysTask
 from memrnn.tasks.base import Batch, Task
+from memrnn.tasks.recall import MQAR, Induction
 from memrnn.tasks.registry import create_task, list_tasks, register_task
 from memrnn.tasks.sequences import (
     MNIST1D,
@@ -15,6 +16,7 @@ from memrnn.tasks.synthetic import Adding, CopyFirstInput, Denoising, FlipFlop, 
 
 __all__ = [
     "MNIST1D",
+    "MQAR",
     "Adding",
     "ArraysTask",
     "Batch",
@@ -23,6 +25,7 @@ __all__ = [
     "Denoising",
     "Digits",
     "FlipFlop",
+    "Induction",
     "MackeyGlass",
     "PermutedMNIST",
     "SelectiveCopy",

@@ -21,7 +21,12 @@ from memrnn.tasks.base import Task
 _REGISTRY: dict[str, type[Task]] = {}
 
 # Modules whose import registers the built-in tasks.
-_BUILTIN_MODULES = ("memrnn.tasks.synthetic", "memrnn.tasks.sequences", "memrnn.tasks.arrays")
+_BUILTIN_MODULES = (
+    "memrnn.tasks.synthetic",
+    "memrnn.tasks.recall",
+    "memrnn.tasks.sequences",
+    "memrnn.tasks.arrays",
+)
 
 # name -> "module:Class", resolved on first use.
 _LAZY: dict[str, str] = {

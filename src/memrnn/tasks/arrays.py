@@ -22,9 +22,11 @@ refuses to run on a file that has changed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +76,60 @@ class _Split:
         return int(self.x.shape[0])
 
 
+class _NpzArrays(dict):
+    """The arrays of a .npz file, read and checked (see `_open_npz`)."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)
+
+
+@contextlib.contextmanager
+def _open_npz(path: Path) -> Iterator[_NpzArrays]:
+    """Every array of the .npz file `path`, each header checked before its data is read: an
+    empty, truncated or damaged file, a pickled (object) member or a header that promises
+    more data than its member holds is a ValueError naming the file and the member."""
+    import zipfile
+
+    arrays = _NpzArrays()
+    member = None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                member = info.filename
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                    if dtype.hasobject:
+                        raise ValueError(
+                            "it holds Python objects (a pickle), which are never loaded; "
+                            "save arrays of numbers or strings"
+                        )
+                    needed = math.prod(shape) * dtype.itemsize
+                    if needed > info.file_size:
+                        raise ValueError(
+                            f"its header promises {needed} bytes of data and it has at most "
+                            f"{info.file_size} (truncated or damaged)"
+                        )
+                with archive.open(info) as f:
+                    name = member[:-4] if member.endswith(".npy") else member
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as err:
+        what = f" (member {member!r})" if member else ""
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(
+            f"arrays: {path} is not a readable .npz file{what}: {reason}; write it with "
+            "numpy.savez (see docs/own-data.md)"
+        ) from None
+    yield arrays
+
+
 def _read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """split name (or "all") -> (x, y, lengths) arrays of a .npz file."""
-    with np.load(path, allow_pickle=False) as data:
+    with _open_npz(path) as data:
         keys = set(data.files)
         out = {}
         if "x" in keys or "y" in keys:
@@ -102,13 +155,18 @@ def _read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
 
 def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """split name (or "all") -> (x, y, lengths) of a CSV file with one row per step."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]
+            rows = [r for r in reader if r and any(cell.strip() for cell in r)]
         except StopIteration:
             raise ValueError(f"arrays: {path} is empty; expected a header row") from None
-        rows = [r for r in reader if r and any(cell.strip() for cell in r)]
+        except (csv.Error, UnicodeDecodeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise ValueError(
+                f"arrays: {path} line {reader.line_num} cannot be read as UTF-8 CSV ({reason})"
+            ) from None
     if "sequence" not in header:
         raise ValueError(f"arrays: {path} has no 'sequence' column (header: {header})")
     x_cols = [i for i, h in enumerate(header) if h.startswith("x")]
@@ -140,12 +198,23 @@ def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
             )
         if label in seqs and seqs[label][0] != split:
             raise ValueError(f"arrays: {path} line {number}: sequence {label!r} changes split")
+        column = None
         try:
-            xs = [float(row[i]) for i in x_cols]
-            ys = [_number_or_label(row[i]) for i in y_cols]
-        except ValueError:
+            xs = []
+            for column in x_cols:
+                xs.append(float(row[column]))
+                if not math.isfinite(xs[-1]):
+                    raise ValueError("not finite")
+            ys = []
+            for column in y_cols:
+                ys.append(_number_or_label(row[column]))
+                if isinstance(ys[-1], float) and not math.isfinite(ys[-1]):
+                    raise ValueError("not finite")
+        except ValueError as err:
+            what = "a finite number" if str(err) == "not finite" else "a number"
             raise ValueError(
-                f"arrays: {path} line {number} has a value that is not a number"
+                f"arrays: {path} line {number}, field {header[column]!r}: "
+                f"{row[column].strip()[:40]!r} is not {what}"
             ) from None
         entry = seqs.setdefault(label, (split, [], []))
         entry[1].append(xs)
@@ -359,13 +428,20 @@ class ArraysTask(ArrayTask):
             raise ValueError(f"{where}: x must have shape (S, T, D) with S, T >= 1, got {x.shape}")
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise ValueError(f"{where}: x must hold numbers, got dtype {x.dtype}")
-        if y.shape[0] != x.shape[0] or y.ndim not in (1, 2, 3):
+        if y.ndim not in (1, 2, 3) or y.shape[0] != x.shape[0]:
             raise ValueError(
                 f"{where}: y must have shape (S,), (S, T) or (S, T, O) with S = {x.shape[0]}, "
                 f"got {y.shape}"
             )
         if y.ndim >= 2 and y.shape[1] != x.shape[1]:
             raise ValueError(f"{where}: per-step y must have T = {x.shape[1]} steps, got {y.shape}")
+        for array_name, values in (("x", x), ("y", y)):
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                index = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
+                raise ValueError(
+                    f"{where}: {array_name} holds a non-finite value ({values[index]}) at "
+                    f"index {list(index)} (sequence, step, channel); every value must be finite"
+                )
         if lengths is not None and (
             lengths.shape != (x.shape[0],)
             or not np.issubdtype(lengths.dtype, np.integer)

@@ -795,8 +795,8 @@ def _open_log(run_dir: Path, resume_step: int | None, tensorboard: bool) -> Metr
 def _restore(run: _Run, folder: Path) -> None:
     """Weights, optimiser, scheduler, RNG states and counters from checkpoint `folder`."""
     info = run.info
-    load_weights(run.model, folder, map_location=str(info.device))
     try:
+        load_weights(run.model, folder, map_location=str(info.device))
         state = load_training(folder)
     except CheckpointError as err:
         raise UsageError(f"--resume: {err}") from None

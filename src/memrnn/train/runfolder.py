@@ -400,8 +400,9 @@ def claim_new_run(run_dir: Path, overwrite: bool) -> list[str]:
             kept += _remove_tree_we_wrote(path)
         else:
             kept.append(name)
+    # TensorBoard adds files of new names to a folder it finds; every other name is written.
     for name in RUN_FILES:
-        if os.path.lexists(run_dir / name):
+        if name != "tensorboard" and os.path.lexists(run_dir / name):
             raise UsageError(
                 f"{str(run_dir / name)!r} was not written by this run (it is not in "
                 f"{RUN_FILES_LIST}, or holds other files), and a new run writes it; move it "

@@ -49,7 +49,7 @@ def test_train_eval_plot_and_resume(tmp_path, capsys, train):
 
     assert main(["eval", "--checkpoint", str(run), "--seq-len", "30", "--samples", "8"]) == 0
     assert "length 30" in capsys.readouterr().out
-    result = json.loads((run / "eval_test_30.json").read_text())
+    result = json.loads((run / "eval_test_len-30_n-8.json").read_text())
     assert result["seq_len"] == 30 and 0.0 <= result["accuracy"] <= 1.0
 
     assert main(["plot", "--run", str(run)]) == 0

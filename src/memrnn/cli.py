@@ -5,6 +5,8 @@
     memrnn train --out runs/x --resume --steps 4000
     torchrun --nproc_per_node 4 -m memrnn train ... --batch-size 256   (data-parallel)
     memrnn eval --checkpoint runs/x --seq-len 3000 --split test
+    memrnn eval --checkpoint runs/mine --report        (per-class scores, confusion matrix)
+    memrnn predict --checkpoint runs/mine --input new.npz --out preds.csv
     memrnn generate --checkpoint runs/text --prompt "The " --n 100 --temperature 0.8 --top-k 20
     printf '0 1\n1 -1\n' | memrnn stream --checkpoint runs/x
     memrnn export --checkpoint runs/x --out step.pt2 --onnx step.onnx
@@ -24,6 +26,11 @@ cannot be written (full disk, permissions: the message names the path and what i
 print one line on stderr and exit with status 2. A training run whose loss or gradients stop
 being finite prints one line naming the step and exits with status 3 (its last checkpoint is
 kept).
+
+Every command that computes takes `--threads N`: the threads of torch and numba together.
+Without it, the `memrnn` command runs as many as OMP_NUM_THREADS or NUMBA_NUM_THREADS say
+when set, else as many as this process's cores that are idle when it starts
+(memrnn.runtime.set_threads).
 """
 
 from __future__ import annotations
@@ -142,10 +149,16 @@ def _threads_option(text: str) -> int:
     return value
 
 
+# Whether the default thread sizing applies: on the command line, yes; `main(argv)` called
+# from Python leaves the threads of its process alone unless --threads is given.
+_size_threads = False
+
+
 def _apply_threads(n: int | None) -> None:
     """Threads of torch and numba together (memrnn.runtime.set_threads): `n`, or sized from
     OMP_NUM_THREADS / NUMBA_NUM_THREADS or the idle cores."""
-    set_threads(n)
+    if n is not None or _size_threads:
+        set_threads(n)
 
 
 def _checkpoint_model(path: str) -> tuple[Any, Path]:
@@ -888,6 +901,8 @@ def _describe_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _size_threads
+    _size_threads = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     keep_freed_memory()  # memrnn.runtime: no page faults over each step's activations
     parser = build_parser()

@@ -171,7 +171,7 @@ def test_cli_train_eval_resume_and_changed_file(tmp_path, capsys):
     }
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--split", "test"]) == 0
-    result = json.loads((run / "eval_test_default.json").read_text())
+    result = json.loads((run / "eval_test_len-default_n-all.json").read_text())
     assert 0.0 <= result["accuracy"] <= 1.0
     assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"]) == 0
     assert main(["plot", "--checkpoint", str(run), "--states"]) == 0

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from memrnn.tasks.base import (
     SPLITS,
@@ -153,8 +153,11 @@ def _read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
     return out
 
 
-def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """split name (or "all") -> (x, y, lengths) of a CSV file with one row per step."""
+def _read_csv(
+    path: Path, need_targets: bool = True
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """split name (or "all") -> (x, y, lengths) of a CSV file with one row per step (y of
+    width 0 when the file has no target columns and `need_targets` is False)."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         try:
@@ -171,7 +174,7 @@ def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray 
         raise ValueError(f"arrays: {path} has no 'sequence' column (header: {header})")
     x_cols = [i for i, h in enumerate(header) if h.startswith("x")]
     y_cols = [i for i, h in enumerate(header) if h.startswith("y")]
-    if not x_cols or not y_cols:
+    if not x_cols or (not y_cols and need_targets):
         raise ValueError(
             f"arrays: {path} needs input columns named x... and target columns named y... "
             f"(header: {header})"
@@ -717,4 +720,108 @@ def standardize(
     return out
 
 
-__all__ = ["ArraysTask", "file_sha256", "standardize"]
+class Standardize(nn.Module):
+    """x -> (x - mean) / std per input channel: a run's input normalisation in front of its
+    model's encoder, so that raw inputs go in (eval, predict, stream, export)."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+def with_input_standardization(model: nn.Module, mean: list[float], std: list[float]) -> None:
+    """Puts `Standardize(mean, std)` in front of `model.encoder` (in place); ValueError for a
+    model without an encoder."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no input encoder to put the run's input "
+            "normalisation in front of"
+        )
+    model.encoder = nn.Sequential(Standardize(mean, std), encoder)
+
+
+def read_inputs(
+    path: str | Path, split: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+    """(x (S, T, D), lengths (S,) or None, targets or None, sequence names) of a .npz or CSV
+    file of new sequences: `x` (or `x_<split>`), optional `lengths` and `y`; or CSV rows of
+    columns `sequence`, `x...`, optional `y...` and `split`. ValueError naming the file."""
+    file = Path(path).expanduser()
+    if file.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{file} must be a .npz or .csv file")
+    if not file.is_file():
+        raise ValueError(f"input file {file} is missing")
+    if file.suffix.lower() == ".csv":
+        groups = _read_csv(file, need_targets=False)
+        key = split or ("all" if "all" in groups else None)
+        if key not in groups:
+            raise ValueError(
+                f"{file} has the splits {sorted(groups)}; choose one with --split"
+                if split is None
+                else f"{file} has no rows of split {split!r} (it has {sorted(groups)})"
+            )
+        x, y, lengths = groups[key]
+        names = _csv_names(file, key)
+        return x, lengths, (y if y.shape[-1] else None), names
+    suffix = "" if split is None else f"_{split}"
+    with np.load(file, allow_pickle=False) as data:
+        keys = set(data.files)
+        if f"x{suffix}" not in keys:
+            hint = "; choose a split with --split" if split is None and "x_test" in keys else ""
+            raise ValueError(f"{file} has no array 'x{suffix}' (it has {sorted(keys)}){hint}")
+        x = data[f"x{suffix}"]
+        y = data[f"y{suffix}"] if f"y{suffix}" in keys else None
+        lengths = data[f"lengths{suffix}"] if f"lengths{suffix}" in keys else None
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3 or 0 in x.shape:
+        raise ValueError(f"{file}: x must have shape (S, T, D) or (S, T), got {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{file}: x must hold numbers, got dtype {x.dtype}")
+    if lengths is not None and (
+        lengths.shape != (x.shape[0],)
+        or not np.issubdtype(lengths.dtype, np.integer)
+        or lengths.min() < 1
+        or lengths.max() > x.shape[1]
+    ):
+        raise ValueError(f"{file}: lengths must be S = {x.shape[0]} integers in [1, {x.shape[1]}]")
+    if y is not None and y.shape[0] != x.shape[0]:
+        y = None
+    return x, lengths, y, [str(i) for i in range(x.shape[0])]
+
+
+def _csv_names(file: Path, split: str) -> list[str]:
+    """The sequence names of one split of a CSV file, in order of first appearance."""
+    with open(file, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader)]
+        seq_col = header.index("sequence")
+        split_col = header.index("split") if "split" in header else None
+        names: dict[str, None] = {}
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if split_col is None or row[split_col].strip() == split:
+                names.setdefault(row[seq_col].strip(), None)
+    return list(names)
+
+
+def label_value(value: Any) -> int | float | str:
+    """A target label as the plain value a run's classes hold (see `ArraysTask.classes`)."""
+    return _label(value, Path("input"))
+
+
+__all__ = [
+    "ArraysTask",
+    "Standardize",
+    "file_sha256",
+    "label_value",
+    "read_inputs",
+    "standardize",
+    "with_input_standardization",
+]

@@ -55,6 +55,9 @@ class TrainConfig:
     warmup: linear warm-up steps, followed by a cosine decay to min_lr_ratio * lr.
     grad_clip: max global gradient norm (0 disables clipping).
     eval_every: evaluate (val split) and checkpoint every this many steps (0: only at the end).
+    early_stop: stop after this many evaluations in a row without an improvement of the
+        task's primary metric on the val split (0: never; needs eval_every > 0). `best`
+        holds the best checkpoint; a resumed run keeps the count.
     ckpt_every: also checkpoint `last` (without evaluating) every this many steps (0: never).
     eval_samples: samples per evaluation.
     eval_batch_size: batch size of evaluations.
@@ -108,6 +111,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 0
+    early_stop: int = 0
     ckpt_every: int = 0
     eval_samples: int = 512
     eval_batch_size: int = 128
@@ -310,7 +314,7 @@ def check_config(c: TrainConfig) -> None:
     ):
         if getattr(c, key) < 1:
             raise UsageError(f"config key {key!r} must be >= 1, got {getattr(c, key)!r}")
-    for key in ("warmup", "eval_every", "ckpt_every", "seed"):
+    for key in ("warmup", "eval_every", "ckpt_every", "seed", "early_stop"):
         if getattr(c, key) < 0:
             raise UsageError(f"config key {key!r} must be >= 0, got {getattr(c, key)!r}")
     if c.seq_len is not None and c.seq_len < 1:
@@ -342,6 +346,10 @@ def check_config(c: TrainConfig) -> None:
             )
     if not c.out.strip():
         raise UsageError("config key 'out' is empty; give the run folder, e.g. --out runs/x")
+    if c.early_stop > 0 and c.eval_every == 0:
+        raise UsageError(
+            f"--early-stop {c.early_stop} counts evaluations; give --eval-every N as well"
+        )
     if c.resume and c.overwrite:
         raise UsageError("--resume continues a run and --overwrite replaces it; give one")
     from memrnn.train.schedules import SCHEDULED, parse_ramp
@@ -436,6 +444,7 @@ RESUME_MAY_CHANGE = frozenset(
         "stop_at",
         "time_limit",
         "eval_every",
+        "early_stop",
         "ckpt_every",
         "eval_samples",
         "eval_batch_size",

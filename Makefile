@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.memrnn-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint bench docs install clean
+.PHONY: demo test test-slow lint bench docs docs-serve install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.scan
 
-# The documentation site, into site/ (open site/index.html).
+# The documentation site, into site/: open site/index.html from disk (search and fonts work
+# without a network), or serve it with `make docs-serve` (DOCS_PORT, default 8000).
+DOCS_PORT ?= 8000
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 clean:
 	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache

@@ -26,6 +26,7 @@ BENCHMARKS = {
     "peers": "memrnn vs peer libraries (accelerated-scan, mingru-pytorch)",
     "inference": "step() latency of every unit at B=1/16 and its independence from position",
     "memory": "peak memory of a training step vs T for every unit",
+    "generation": "step() cost and state bytes of the small models up to 64k context",
 }
 
 

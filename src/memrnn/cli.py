@@ -895,8 +895,10 @@ def _describe_defaults(parser: argparse.ArgumentParser) -> None:
                 continue
             if action.required:
                 text += " (required)"
-            elif action.default not in (None, False) and "default" not in text:
-                text += f" (default: {action.default})"
+            elif action.default is not None and action.default is not False:
+                # `is not`: a default of 0 is shown (0 == False).
+                if "default" not in text:
+                    text += f" (default: {action.default})"
             action.help = text.strip()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def _fields(cls: type, skip: set[str], prefix: str, docs: dict[str, str]) -> lis
         description = docs.get(f.name, "")
         if not description:
             # Fields described inside another field's entry point there.
-            owner = next((k for k, text in docs.items() if f.name in text.split()), None)
+            owner = next((k for k, text in docs.items() if re.search(rf"\b{f.name}\b", text)), None)
             shown = owner.replace("_", "-") if owner and prefix == "--" else owner
             description = f"see {prefix}{shown}" if owner else ""
         out.append(

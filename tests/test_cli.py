@@ -358,16 +358,17 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tiny_run, tmp_path, cap
 def test_an_unwritable_plot_names_the_path(tmp_path, capsys, monkeypatch, train):
     import errno
 
-    import matplotlib.figure
+    from memrnn.train import runfolder
 
     run = tmp_path / "run"
     assert train(run) == 0
 
-    def read_only(self, path, *args, **kwargs):
+    def read_only(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-    # A read-only folder (faked: the tests may run as root, which ignores permissions).
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", read_only)
+    # A read-only folder (faked: the tests may run as root, which ignores permissions). The
+    # figure is rendered in memory and written through a new temporary file.
+    monkeypatch.setattr(runfolder, "create_new", read_only)
     capsys.readouterr()
     assert main(["plot", "--run", str(run), "--out", str(tmp_path / "ro" / "c.png")]) == 2
     err = capsys.readouterr().err

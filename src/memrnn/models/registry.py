@@ -343,11 +343,10 @@ LMU_DEFAULT_THETA = 64
 def create_model(name: str, input_size: int, output_size: int, **overrides: Any) -> nn.Module:
     """Builds variant `name`; `overrides` are ModelConfig fields (head, d_model, dropout, ...).
 
-    LMU layers given no window get theta = LMU_DEFAULT_THETA steps (set `unit_kwargs` to
-    match a task; `config_for_task` takes the task's length)."""
-    return build_model(
-        model_config(name, input_size, output_size, seq_len=LMU_DEFAULT_THETA, **overrides)
-    )
+    LMU layers given no window get theta = `seq_len` (an override) or LMU_DEFAULT_THETA
+    steps (`config_for_task` takes the task's length)."""
+    seq_len = overrides.pop("seq_len", None) or LMU_DEFAULT_THETA
+    return build_model(model_config(name, input_size, output_size, seq_len=seq_len, **overrides))
 
 
 def config_for_task(name: str, task: Any, **overrides: Any) -> ModelConfig:

@@ -16,7 +16,8 @@
 
 `train` takes any TrainConfig key as `--key value` (dashes or underscores) and needs a model
 and a task (from the command line or --config), or `--out RUN --resume`. A new run refuses a
-non-empty --out unless --overwrite; `--resume` refuses options that change the model, the
+non-empty --out unless --overwrite, which removes only the files an earlier run wrote there
+(its run-files.json); `--resume` refuses options that change the model, the
 task or the optimisation (it may change --steps, --stop-at, --time-limit, the evaluation and
 checkpoint cadence, --device, logging). A resumed run keeps its learning-rate schedule: with
 a larger --steps it continues at the final rate instead of re-stretching the cosine.

@@ -86,8 +86,10 @@ class TrainConfig:
     debug_nan_at_step: testing aid: make the gradients of this step NaN.
     resume: continue from `out`/last. Only the keys in RESUME_MAY_CHANGE may differ from the
         run's config.yaml; a change of model, task or optimisation settings is refused.
-    overwrite: start afresh in a non-empty `out`, deleting its run files (config.yaml,
-        metrics.csv, checkpoints, TensorBoard logs; other files are left alone).
+    overwrite: start afresh in a non-empty `out`, deleting the files its run-file list
+        (run-files.json) names: what an earlier run wrote there; every other file is kept,
+        and a kept file in the way of the new run is an error, never deleted. A folder that
+        holds only a run stopped before its first checkpoint needs no --overwrite.
     progress: show progress: a bar on a terminal, otherwise one line on stderr about every
         twentieth of the run (and at its end).
     tensorboard: also log to TensorBoard when it is installed.

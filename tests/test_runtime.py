@@ -50,3 +50,76 @@ def test_keep_freed_memory_checks_its_limit() -> None:
 def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_cpu.sys, "platform", "darwin")
     assert runtime.keep_freed_memory() is False
+
+
+# -- threads -----------------------------------------------------------------------------------
+@pytest.fixture
+def restore_threads():
+    before = runtime.get_threads()
+    yield
+    runtime.set_threads(before["torch"])
+
+
+def test_set_threads_sets_torch_and_numba_together(restore_threads) -> None:
+    import torch
+
+    assert runtime.set_threads(1) == 1
+    assert runtime.get_threads()["torch"] == torch.get_num_threads() == 1
+    if _cpu.NUMBA_AVAILABLE:
+        assert runtime.get_threads()["numba"] == 1
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="integer >= 1"):
+            runtime.set_threads(bad)
+
+
+@pytest.mark.skipif(runtime.usable_cores() < 2, reason="needs 2 cores to tell 1 thread from all")
+def test_set_threads_survives_numba_starting_its_pool() -> None:
+    # Starting numba's OpenMP pool sets the OpenMP thread count that torch shares back to
+    # numba's pool size; set_threads starts numba first, so torch keeps the count asked for.
+    script = (
+        "import torch\nfrom memrnn import runtime\nruntime.set_threads(1)\n"
+        "print(torch.get_num_threads(), runtime.get_threads()['numba'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    torch_threads, numba_threads = done.stdout.split()
+    assert torch_threads == "1" and numba_threads in ("0", "1")
+
+
+def test_default_threads_follow_the_environment_then_idle_cores(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
+    monkeypatch.setattr(runtime, "idle_cores", lambda window=0.1: 0.2)
+    assert runtime.default_threads() == 1  # a busy machine: one thread, never zero
+    monkeypatch.setattr(runtime, "idle_cores", lambda window=0.1: 5.7)
+    assert runtime.default_threads() == 6
+    monkeypatch.setattr(runtime, "idle_cores", lambda window=0.1: 30.0)
+    assert runtime.default_threads() == 8  # never more than the usable cores
+    # Where /proc/stat cannot be read: the load average.
+    monkeypatch.setattr(runtime, "idle_cores", lambda window=0.1: None)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (6.0, 0.0, 0.0))
+    assert runtime.default_threads() == 2
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    assert runtime.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert runtime.default_threads() == 1  # OMP_NUM_THREADS limits numba as well
+
+
+def test_idle_cores_measures_this_process_cores() -> None:
+    idle = runtime.idle_cores(0.05)
+    if idle is None:
+        pytest.skip("no /proc/stat or affinity here")
+    assert 0.0 <= idle <= runtime.usable_cores()
+
+
+def test_the_command_sizes_threads_and_a_python_call_does_not(monkeypatch, restore_threads):
+    from memrnn import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "set_threads", calls.append)
+    argv = ["stream", "--checkpoint", "no-such-run"]
+    assert cli.main(argv) == 2 and calls == []
+    monkeypatch.setattr(sys, "argv", ["memrnn", *argv])
+    assert cli.main() == 2 and calls == [None]
+    assert cli.main([*argv, "--threads", "1"]) == 2 and calls == [None, 1]

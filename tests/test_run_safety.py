@@ -488,3 +488,35 @@ def test_checkpoint_retry_gives_up_at_once_on_a_damaged_folder(trained, tmp_path
     with pytest.raises(CheckpointError):
         load_model(run, "last")
     assert sleeps == []
+
+
+def _write_idx(path: Path, array) -> None:
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    path.write_bytes(header + array.tobytes())
+
+
+@pytest.mark.parametrize("name", ["smnist", "spiking-mnist"])
+def test_mnist_tasks_record_the_hash_of_their_files(tmp_path, name):
+    import numpy as np
+
+    from memrnn.tasks.images import MNIST_FILES
+    from memrnn.tasks.registry import create_task, list_tasks
+
+    if name not in list_tasks():
+        pytest.skip(f"{name} is not registered")
+    rng = np.random.default_rng(0)
+    for images, labels in MNIST_FILES.values():
+        _write_idx(tmp_path / images, rng.integers(0, 255, (20, 28, 28)))
+        _write_idx(tmp_path / labels, np.arange(20) % 10)
+    task = create_task(name, data_dir=str(tmp_path))
+    recorded = task.recorded_kwargs()
+    assert recorded["data_dir"] == str(tmp_path.resolve()) and len(recorded["sha256"]) == 64
+    assert create_task(name, **recorded).recorded_kwargs() == recorded
+    _write_idx(tmp_path / MNIST_FILES["test"][1], (np.arange(20) + 1) % 10)
+    with pytest.raises(ValueError, match="has changed since the run recorded it"):
+        create_task(name, **recorded)

@@ -18,8 +18,10 @@ excludes.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,6 +81,31 @@ def read_idx(path: str | Path) -> np.ndarray:
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="))
+
+
+def mnist_sha256(folder: str | Path) -> str | None:
+    """One SHA-256 over the four MNIST IDX files of `folder` (None when one is missing)."""
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        for name in MNIST_FILES[split]:
+            path = _find(Path(folder), name)
+            if path is None:
+                return None
+            digest.update(name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def check_recorded_digest(owner: str, where: Path, digest: str | None, sha256: str | None) -> None:
+    """ValueError when data a run recorded (`sha256`) differs from what is there now."""
+    if sha256 is not None and digest != sha256:
+        now = f"SHA-256 {digest[:12]}..." if digest else "files missing"
+        raise ValueError(
+            f"{owner}: the data in {str(where)!r} has changed since the run recorded it "
+            f"({now}, recorded {str(sha256)[:12]}...); use the same data, or start a new run"
+        )
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -274,13 +301,23 @@ class SpikingMNIST(_ImageTask):
         n_empty: int = 20,
         p_max: float = 0.25,
         seed: int = 0,
+        sha256: str | None = None,
     ):
         super().__init__(n_steps, n_empty, p_max, seed)
         if kind not in ("mnist", "fashion-mnist"):
             raise ValueError(
                 f"SpikingMNIST: unknown kind {kind!r}; expected 'mnist' or 'fashion-mnist'"
             )
-        self.data_dir, self.kind = Path(data_dir), kind
+        self.data_dir, self.kind = Path(data_dir).resolve(), kind
+        # Recorded with a run (`recorded_kwargs`): eval and --resume refuse other data.
+        self.sha256 = mnist_sha256(self.data_dir)
+        check_recorded_digest("SpikingMNIST", self.data_dir, self.sha256, sha256)
+
+    def recorded_kwargs(self) -> dict[str, Any]:
+        """The data folder's absolute path and the SHA-256 of its IDX files."""
+        if self.sha256 is None:
+            return {}
+        return {"data_dir": str(self.data_dir), "sha256": self.sha256}
 
     def _data(self, split: str) -> tuple[Tensor, Tensor]:
         if split == "test":

@@ -70,6 +70,7 @@ class _PixelMNIST(_SequenceClassification):
         val_fraction: float = 0.1,
         seed: int = 0,
         permutation_seed: int = 0,
+        sha256: str | None = None,
     ) -> None:
         if data_dir is None:
             raise ValueError("data_dir must name a folder with the MNIST IDX files, got None")
@@ -80,7 +81,12 @@ class _PixelMNIST(_SequenceClassification):
         self.seed = check_int("seed", seed, minimum=0)
         self.permutation_seed = check_int("permutation_seed", permutation_seed, minimum=0)
         # Imported here so that this module works without the image loaders installed.
-        from memrnn.tasks.images import load_mnist
+        from memrnn.tasks.images import check_recorded_digest, load_mnist, mnist_sha256
+
+        # Recorded with a run (`recorded_kwargs`): eval and --resume refuse other data.
+        self.data_dir = Path(data_dir).resolve()
+        self.sha256 = mnist_sha256(self.data_dir)
+        check_recorded_digest(self.name, self.data_dir, self.sha256, sha256)
 
         arrays = {}
         for split in ("train", "test"):
@@ -98,6 +104,10 @@ class _PixelMNIST(_SequenceClassification):
         self._set_splits(*arrays["train"], *arrays["test"], val_fraction)
         self.seq_len = n_pixels + self.black_pixels
         self.input_size, self.output_size = 1, 10
+
+    def recorded_kwargs(self) -> dict[str, Any]:
+        """The data folder's absolute path and the SHA-256 of its IDX files."""
+        return {"data_dir": str(self.data_dir), "sha256": self.sha256}
 
     def _to_batch(self, inputs: Tensor, labels: Tensor) -> Batch:
         x = inputs.float() / 255.0

@@ -712,6 +712,11 @@ def _resumed_config(config: TrainConfig, folder: Path) -> TrainConfig:
     else:
         saved = resolve_config(overrides=load_run_config(config.out), overrides_are_text=False)
     saved = dataclasses.replace(saved, out=config.out, stop_at=None)
+    if "sha256" not in saved.task_kwargs and "sha256" in config.task_kwargs:
+        # Written before the task recorded its data's hash: the new record is no change.
+        now = {k: config.task_kwargs.get(k) for k in ("sha256", "path", "data_dir")}
+        now = {k: v for k, v in now.items() if v is not None}
+        saved = dataclasses.replace(saved, task_kwargs={**saved.task_kwargs, **now})
     if config.schedule_steps is None:
         config = dataclasses.replace(config, schedule_steps=saved.schedule_steps or saved.steps)
     if saved.schedule_steps is None:

@@ -505,6 +505,8 @@ def _stdin_steps(size: int) -> Any:
             raise UsageError(
                 f"stdin line {number}: got {len(values)} value(s); the model takes {size} per step"
             )
+        if not all(math.isfinite(v) for v in values):
+            raise UsageError(f"stdin line {number}: {text[:60]!r} holds a value that is not finite")
         yield values
 
 

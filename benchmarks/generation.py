@@ -10,9 +10,12 @@ with one parallel forward at batch 1 (for the full-attention Transformer in quer
 memrnn.units.transformer), and the state it leaves is repeated over the batch for B > 1, so
 that every batch size steps from the same context. Then one `step()` from that state is timed
 (no gradient, eval mode); the steps at the different positions take turns within every
-repeat (`time_interleaved`), so a change of machine load hits them alike, and each timed step
-starts again from the state at P (the cache does not grow while timing). The ratio column is
-step time at the last position over step time at the first, from the same run.
+repeat, so a change of machine load hits them alike, and each timed step starts again from
+the state at P (the cache does not grow while timing). Each step is timed twice: wall time
+and the process's CPU time (`time.process_time`, which on a machine shared with other work
+counts only the work of this process; run with one torch thread). `step_ms` is the median
+CPU time, `step_wall_ms` the median wall time; `ratio_to_first` is `step_ms` at P over
+`step_ms` at the first position, from the same run.
 
 The full-attention Transformer's cache is functional (each step returns a new, longer cache,
 `torch.cat` of the old one and the new entry), so its step copies the cache as well as
@@ -25,6 +28,7 @@ bytes against position) to benchmarks/results/ (generation_quick.* with --quick)
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -32,14 +36,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
-from benchmarks.common import (
-    RESULTS_DIR,
-    format_table,
-    print_header,
-    time_fn,
-    time_interleaved,
-    write_results,
-)
+from benchmarks.common import RESULTS_DIR, format_table, print_header, time_fn, write_results
 from memrnn.models import create_model
 
 MODELS = (
@@ -80,8 +77,23 @@ def prefill(model: torch.nn.Module, length: int, batch: int = 1) -> tuple[Any, f
     return state, time.perf_counter() - started
 
 
+def time_interleaved_cpu(runs: dict[Any, Any], repeats: int) -> dict[Any, tuple[float, float]]:
+    """(median CPU seconds, median wall seconds) of each of `runs`, taking turns within every
+    repeat; a first round warms up and is not counted."""
+    cpu: dict[Any, list[float]] = {k: [] for k in runs}
+    wall: dict[Any, list[float]] = {k: [] for k in runs}
+    for rep in range(repeats + 1):
+        for key, fn in runs.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            fn()
+            if rep > 0:
+                cpu[key].append(time.process_time() - c0)
+                wall[key].append(time.perf_counter() - w0)
+    return {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in runs}
+
+
 def train_step_seconds(model: torch.nn.Module, length: int, batch: int, repeats: int) -> float:
-    """Median seconds of forward + backward of a next-token loss at T = length."""
+    """Median wall seconds of forward + backward of a next-token loss at T = length."""
     model.train()
     ids = torch.randint(VOCAB, (batch, length + 1), generator=torch.Generator().manual_seed(1))
 
@@ -91,7 +103,7 @@ def train_step_seconds(model: torch.nn.Module, length: int, batch: int, repeats:
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
         loss.backward()
 
-    seconds = time_fn(step, repeats=repeats, warmup=1)
+    seconds = time_fn(step, repeats=repeats, warmup=1, max_seconds=0.0)
     model.eval()
     return seconds
 
@@ -120,12 +132,13 @@ def run(
         prompt_s = {
             b: time_fn(lambda b=b, m=model: prefill(m, prompt, b), repeats=2) for b in batches
         }
-        train_s = {t: train_step_seconds(model, t, train_batch, 2) for t in train_lengths}
+        train_s = {t: train_step_seconds(model, t, train_batch, 1) for t in train_lengths}
         for b in batches:
             at = {p: repeat_batch(states[p], b) for p in positions}
             with torch.no_grad():
                 runs = {p: (lambda s=at[p], m=model, x=token[b]: m.step(x, s)) for p in positions}
-                step_s = time_interleaved(runs, repeats)
+                timed = time_interleaved_cpu(runs, repeats)
+            step_s = {p: timed[p][0] for p in positions}
             first, last = positions[0], positions[-1]
             for p in positions:
                 rows.append(
@@ -134,6 +147,7 @@ def run(
                         "batch": b,
                         "position": p,
                         "step_ms": step_s[p] * 1e3,
+                        "step_wall_ms": timed[p][1] * 1e3,
                         "ratio_to_first": step_s[p] / step_s[first],
                         "state_bytes": state_bytes(at[p]),
                         "context_prefill_s_b1": prefill_s[p],
@@ -143,7 +157,7 @@ def run(
                 )
             ratio = step_s[last] / step_s[first]
             print(
-                f"{name:26s} B={b:<3d} step {step_s[first] * 1e3:8.3f} ms at {first}, "
+                f"{name:26s} B={b:<3d} step (CPU) {step_s[first] * 1e3:8.3f} ms at {first}, "
                 f"{step_s[last] * 1e3:8.3f} ms at {last} (x{ratio:.2f}); state "
                 f"{state_bytes(at[first])} -> {state_bytes(at[last])} bytes",
                 flush=True,

@@ -171,6 +171,13 @@ BENCHMARK_VIEWS: dict[str, dict[str, Any]] = {
         "format": "{:.0f}",
         "only": {"B": ("1",)},
     },
+    "generation": {
+        "title": "One step() of each small model at B = 16: milliseconds by context position",
+        "pivot": ("model", "position", "step_ms"),
+        "format": "{:.3g}",
+        "only": {"batch": ("16",)},
+        "note": "the state bytes, batch 1, the prefill and training-step times are in the CSV.",
+    },
     "lmu_crossover": {
         "title": "Parallel LMU: FFT over direct convolution time",
         "pivot": ("order", "steps", "fft_over_raw"),

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "inference": "step() latency of every unit at B=1/16 and its independence from position",
     "memory": "peak memory of a training step vs T for every unit",
     "generation": "step() cost and state bytes of the small models up to 64k context",
+    "threads": "a training run beside busy processes: default threads vs one per library",
 }
 
 

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -123,3 +124,19 @@ def test_the_command_sizes_threads_and_a_python_call_does_not(monkeypatch, resto
     monkeypatch.setattr(sys, "argv", ["memrnn", *argv])
     assert cli.main() == 2 and calls == [None]
     assert cli.main([*argv, "--threads", "1"]) == 2 and calls == [None, 1]
+
+
+def test_threads_benchmark_reports_ratios_to_one_thread(monkeypatch, tmp_path) -> None:
+    from benchmarks import threads
+
+    seconds = {"default": 2.0, "one": 2.0, "cores": 6.0}
+    monkeypatch.setattr(threads, "_run", lambda out, steps, setting, cores: (seconds[setting], 1.0))
+    monkeypatch.setattr(threads, "_start_busy", lambda n: [])
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    threads.main(["--quick", "--out-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "threads_quick.json").read_text())["rows"]
+    ratios = {(r["load"], r["setting"]): r["wall_vs_one"] for r in rows}
+    assert ratios[("busy", "cores")] == 3.0 and ratios[("idle", "default")] == 1.0
+    argv, env = threads._command(tmp_path, 40, "one", 2)
+    assert env["OMP_NUM_THREADS"] == env["NUMBA_NUM_THREADS"] == "1"
+    assert "--threads" in threads._command(tmp_path, 40, "cores", 2)[0]

@@ -14,8 +14,10 @@ repeat, so a change of machine load hits them alike, and each timed step starts 
 the state at P (the cache does not grow while timing). Each step is timed twice: wall time
 and the process's CPU time (`time.process_time`, which on a machine shared with other work
 counts only the work of this process; run with one torch thread). `step_ms` is the median
-CPU time, `step_wall_ms` the median wall time; `ratio_to_first` is `step_ms` at P over
-`step_ms` at the first position, from the same run.
+CPU time, `step_min_ms` the smallest (the step's cost with the least interference from other
+work on the machine: caches shared with it), `step_wall_ms` the median wall time;
+`ratio_to_first` and `min_ratio_to_first` divide `step_ms` and `step_min_ms` at P by their
+value at the first position, from the same run.
 
 The full-attention Transformer's cache is functional (each step returns a new, longer cache,
 `torch.cat` of the old one and the new entry), so its step copies the cache as well as
@@ -77,9 +79,11 @@ def prefill(model: torch.nn.Module, length: int, batch: int = 1) -> tuple[Any, f
     return state, time.perf_counter() - started
 
 
-def time_interleaved_cpu(runs: dict[Any, Any], repeats: int) -> dict[Any, tuple[float, float]]:
-    """(median CPU seconds, median wall seconds) of each of `runs`, taking turns within every
-    repeat; a first round warms up and is not counted."""
+def time_interleaved_cpu(
+    runs: dict[Any, Any], repeats: int
+) -> dict[Any, tuple[float, float, float]]:
+    """(median CPU seconds, minimum CPU seconds, median wall seconds) of each of `runs`, taking
+    turns within every repeat; a first round warms up and is not counted."""
     cpu: dict[Any, list[float]] = {k: [] for k in runs}
     wall: dict[Any, list[float]] = {k: [] for k in runs}
     for rep in range(repeats + 1):
@@ -89,7 +93,7 @@ def time_interleaved_cpu(runs: dict[Any, Any], repeats: int) -> dict[Any, tuple[
             if rep > 0:
                 cpu[key].append(time.process_time() - c0)
                 wall[key].append(time.perf_counter() - w0)
-    return {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in runs}
+    return {k: (statistics.median(cpu[k]), min(cpu[k]), statistics.median(wall[k])) for k in runs}
 
 
 def train_step_seconds(model: torch.nn.Module, length: int, batch: int, repeats: int) -> float:
@@ -147,7 +151,9 @@ def run(
                         "batch": b,
                         "position": p,
                         "step_ms": step_s[p] * 1e3,
-                        "step_wall_ms": timed[p][1] * 1e3,
+                        "step_min_ms": timed[p][1] * 1e3,
+                        "step_wall_ms": timed[p][2] * 1e3,
+                        "min_ratio_to_first": timed[p][1] / timed[first][1],
                         "ratio_to_first": step_s[p] / step_s[first],
                         "state_bytes": state_bytes(at[p]),
                         "context_prefill_s_b1": prefill_s[p],
@@ -156,9 +162,10 @@ def run(
                     }
                 )
             ratio = step_s[last] / step_s[first]
+            low = timed[last][1] / timed[first][1]
             print(
                 f"{name:26s} B={b:<3d} step (CPU) {step_s[first] * 1e3:8.3f} ms at {first}, "
-                f"{step_s[last] * 1e3:8.3f} ms at {last} (x{ratio:.2f}); state "
+                f"{step_s[last] * 1e3:8.3f} ms at {last} (x{ratio:.2f}; min x{low:.2f}); state "
                 f"{state_bytes(at[first])} -> {state_bytes(at[last])} bytes",
                 flush=True,
             )
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models")
     parser.add_argument("--positions", default="1024,4096,16384,65536")
     parser.add_argument("--batches", default="1,16")
-    parser.add_argument("--repeats", type=int, default=30, help="timed steps per position")
+    parser.add_argument("--repeats", type=int, default=50, help="timed steps per position")
     parser.add_argument("--prompt", type=int, default=4096, help="prompt length of the prefill")
     parser.add_argument("--train-lengths", default="1024,4096")
     parser.add_argument("--train-batch", type=int, default=8)

@@ -520,3 +520,20 @@ def test_mnist_tasks_record_the_hash_of_their_files(tmp_path, name):
     _write_idx(tmp_path / MNIST_FILES["test"][1], (np.arange(20) + 1) % 10)
     with pytest.raises(ValueError, match="has changed since the run recorded it"):
         create_task(name, **recorded)
+
+
+def test_onnx_errors_are_plain_text(monkeypatch):
+    pytest.importorskip("onnx")
+    from memrnn import export
+    from memrnn.models.registry import create_model
+
+    coloured_text = "\x1b[1m\x1b[31mError\x1b[0m:\n  bad \x1b]8;;u\x1b\\link\x1b]8;;\x1b\\"
+    assert export.plain_text(coloured_text) == "Error: bad link"
+
+    def coloured(*args, **kwargs):
+        raise RuntimeError("\x1b[31mTorchExportError\x1b[0m: unsupported op")
+
+    monkeypatch.setattr(export.torch.onnx, "export", coloured)
+    with pytest.raises(RuntimeError, match="ONNX export failed") as info:
+        export.export_onnx(create_model("gru-small", 2, 2, d_model=4), "/nonexistent/x.onnx")
+    assert "\x1b" not in str(info.value) and "TorchExportError: unsupported op" in str(info.value)

@@ -193,7 +193,7 @@ def test_search_works_opened_from_disk(site, tmp_path, shim):
             "--disable-gpu",
             "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=10000",
+            "--virtual-time-budget=20000",
             "--dump-dom",
             (root / "index.html").as_uri() + "?q=BMRU",
         ],

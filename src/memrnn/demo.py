@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from memrnn.models import list_models
-from memrnn.runtime import keep_freed_memory
+from memrnn.runtime import get_threads, keep_freed_memory, set_threads
 from memrnn.train.config import TrainConfig, UsageError, check_config
 from memrnn.train.loop import evaluate, prepare_run_dir, train
 
@@ -254,27 +254,6 @@ def plot_results(rows: list[Row], path: Path, train_len: int, test_len: int) -> 
     plt.close(fig)
 
 
-def _set_threads(n: int) -> tuple[int, int | None]:
-    """Sets torch's and numba's thread counts to `n`; returns the counts they had."""
-    before = (torch.get_num_threads(), None)
-    torch.set_num_threads(n)
-    try:
-        import numba
-    except ImportError:
-        return before
-    before = (before[0], numba.get_num_threads())
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    return before
-
-
-def _restore_threads(before: tuple[int, int | None]) -> None:
-    torch.set_num_threads(before[0])
-    if before[1] is not None:
-        import numba
-
-        numba.set_num_threads(before[1])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m memrnn.demo", description=__doc__.split("\n")[0]
@@ -298,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error(f"--threads must be an integer >= 1, got {args.threads}")
     keep_freed_memory()  # memrnn.runtime, as `memrnn train` does
-    threads_before = _set_threads(args.threads)
+    threads_before = get_threads()
+    set_threads(args.threads)
     start = time.perf_counter()
     try:
         run_demo(
@@ -316,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         # Called from Python (or a test), the caller's thread counts come back.
-        _restore_threads(threads_before)
+        set_threads(threads_before["torch"])
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

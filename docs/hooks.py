@@ -178,6 +178,45 @@ BENCHMARK_VIEWS: dict[str, dict[str, Any]] = {
         "only": {"batch": ("16",)},
         "note": "the state bytes, batch 1, the prefill and training-step times are in the CSV.",
     },
+    "brc": {
+        "title": "BRC and nBRC: the compiled sequence kernel against the torch step loop",
+        "columns": ["cell", "case", "pass", "batch", "T", "seconds", "speedup_vs_loop"],
+        "only": {"path": ("native",)},
+        "note": "seconds of the compiled kernel for one step of its pass; speedup_vs_loop: the "
+        "torch step loop's time over it, measured in the same run.",
+    },
+    "peers": {
+        "title": "memrnn against peer implementations (outputs checked equal first)",
+        "columns": [
+            "bench",
+            "T",
+            "impl",
+            "forward_ms",
+            "fwd_bwd_ms",
+            "memrnn_speedup_fwd",
+            "memrnn_speedup_fwd_bwd",
+        ],
+    },
+    "lmu": {
+        "title": "Parallel LMU, psMNIST shape: one training step by mode",
+        "columns": [
+            "model",
+            "mode",
+            "params",
+            "seconds",
+            "agrees",
+            "speedup_vs_recurrent",
+            "speedup_vs_lstm",
+        ],
+    },
+    "src": {
+        "title": "SRC network (3 x 128, B = 64, 220 steps), float32",
+        "columns": ["pass", "path", "seconds", "steps_per_s", "speedup_vs_loop"],
+    },
+    "src_f64": {
+        "title": "The same in float64",
+        "columns": ["pass", "path", "seconds", "steps_per_s", "speedup_vs_loop"],
+    },
     "lmu_crossover": {
         "title": "Parallel LMU: FFT over direct convolution time",
         "pivot": ("order", "steps", "fft_over_raw"),

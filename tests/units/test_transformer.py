@@ -18,6 +18,7 @@ from memrnn.export import StepModule, example_inputs, export_step
 from memrnn.inference import generate, stream
 from memrnn.models import create_model
 from memrnn.units import Transformer, TransformerState
+from memrnn.units import transformer as transformer_module
 
 _spec = importlib.util.spec_from_file_location(
     "unit_contract", Path(__file__).with_name("test_contract.py")
@@ -40,11 +41,12 @@ def _unit(kwargs: dict, dtype: torch.dtype = torch.float64, D: int = 3, H: int =
 @pytest.mark.parametrize(
     ("kwargs", "T"),
     [pytest.param(*v.values, T, id=f"{v.id}-{T}") for v in VARIANTS for T in (1, 7, 63)]
-    # T = 300 crosses the query blocks of the parallel path (QUERY_BLOCK = 256).
-    + [pytest.param({"n_heads": 2, "window": 3}, 300, id="window3-2heads-300")]
-    + [pytest.param({"n_heads": 2}, 300, id="full-2heads-300", marks=pytest.mark.slow)],
+    + [pytest.param(*v.values, 300, id=f"{v.id}-300", marks=pytest.mark.slow) for v in VARIANTS],
 )
-def test_every_way_agrees_in_float64(kwargs: dict, T: int) -> None:
+def test_every_way_agrees_in_float64(kwargs: dict, T: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Query blocks of 16 steps, so that T = 63 crosses several of them (as T > 256 does with
+    # the default QUERY_BLOCK).
+    monkeypatch.setattr(transformer_module, "QUERY_BLOCK", 16)
     unit = _unit(kwargs)
     x = contract._draw_input(unit, T, torch.float64)
     ways = contract._ways(unit, T)
@@ -202,7 +204,7 @@ def test_bad_states_are_refused() -> None:
         full(x, grown._replace(v=grown.v[:, :, :3]))
 
 
-def test_networks_generate_stream_and_export() -> None:
+def test_networks_generate_and_stream() -> None:
     torch.manual_seed(0)
     for name in ("transformer-small", "transformer-window-small"):
         model = create_model(
@@ -217,14 +219,28 @@ def test_networks_generate_stream_and_export() -> None:
         values = torch.randn(1, 5, 2)
         outs = torch.stack(list(stream(real, values)), dim=1)
         torch.testing.assert_close(outs, real(values)[0], atol=1e-5, rtol=1e-5)
-        if name != "transformer-small":
-            # (A window is a state of fixed size, exported like any unit's; test_export.)
-            continue
-        program = export_step(real, batch_size=2)
-        step = StepModule(real)
-        args = list(example_inputs(step, 3))
-        for _ in range(3):
-            got, want = program.module()(*args), step(*args)
-            for g, w in zip(got, want, strict=True):
-                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
-            args = [torch.randn_like(args[0]), *want[1:]]
+
+
+@pytest.mark.slow
+def test_a_network_with_a_growing_cache_exports() -> None:
+    torch.manual_seed(0)
+    model = create_model("transformer-small", input_size=2, output_size=3, d_model=8).eval()
+    _export_agrees(model)
+
+
+def test_a_unit_with_a_growing_cache_exports() -> None:
+    # The cache length is a dynamic dim: the program runs from an empty cache on.
+    _export_agrees(_unit({"n_heads": 2}, torch.float32))
+
+
+def _export_agrees(model: torch.nn.Module) -> None:
+    program = export_step(model, batch_size=2)
+    step = StepModule(model)
+    args = list(example_inputs(step, 3))
+    assert args[1].shape[2] == 0
+    for _ in range(3):
+        got, want = program.module()(*args), step(*args)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+        args = [torch.randn_like(args[0]), *want[1:]]
+    assert args[1].shape[2] == 3

@@ -79,8 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="counted rounds (default 3)")
     parser.add_argument("--busy", type=int, default=2, help="competing busy processes")
     parser.add_argument("--steps", type=int, default=40, help="training steps per run")
+    parser.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help=f"comma-separated subset of {','.join(SETTINGS)} ('one' is always run)",
+    )
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder")
     args = parser.parse_args(argv)
+    wanted = {s.strip() for s in args.settings.split(",") if s.strip()}
+    if not wanted <= set(SETTINGS):
+        parser.error(f"--settings: unknown {sorted(wanted - set(SETTINGS))}; use {SETTINGS}")
+    settings = tuple(s for s in SETTINGS if s in wanted | {"one"})
     steps, repeats = (10, 1) if args.quick else (args.steps, args.repeats)
     cores = usable_cores()
     info = print_header("threads: a training run beside busy processes")
@@ -88,14 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        for setting in SETTINGS:
+        for setting in settings:
             _run(out, steps, setting, cores)  # numba's compile cache, page cache
         for rep in range(repeats):
             for load in ("idle", "busy"):
                 busy = _start_busy(args.busy) if load == "busy" else []
                 try:
                     time.sleep(1.0 if busy else 0.0)
-                    order = SETTINGS[rep % 3 :] + SETTINGS[: rep % 3]
+                    k = rep % len(settings)
+                    order = settings[k:] + settings[:k]
                     for setting in order:
                         result = _run(out, steps, setting, cores)
                         times.setdefault((load, setting), []).append(result)
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     for load in ("idle", "busy"):
         one = statistics.median(w for w, _ in times[(load, "one")])
         one_train = statistics.median(t for _, t in times[(load, "one")])
-        for setting in SETTINGS:
+        for setting in settings:
             wall = statistics.median(w for w, _ in times[(load, setting)])
             train = statistics.median(t for _, t in times[(load, setting)])
             rows.append(

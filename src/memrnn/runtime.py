@@ -11,9 +11,12 @@ intra-op pool and numba's pool (the compiled CPU kernels). Left alone, each libr
 thread per core, and numba ignores OMP_NUM_THREADS. The two pools take turns (a kernel runs
 between torch operations), so at most `n` threads are runnable at a time. On a CPU that other
 processes also use, a pool with more threads than there are free cores waits at every barrier
-for a thread the scheduler has put aside: with two busy processes on a 2-core CPU a CMRU
-training run took several times longer with one thread per core than with one thread
-(benchmarks/threads.py measures it). `set_threads()` without an argument picks
+for a thread the scheduler has put aside: beside two busy processes on a 2-core CPU,
+`memrnn train --model cmru-small --task flip-flop --steps 40` trained 10.9 times as long with
+one thread per core in each library as with one thread per library, and with the sizing
+below 0.89-1.06 times as long (benchmarks/threads.py, benchmarks/README.md). Starting numba's
+OpenMP pool also resets the OpenMP thread count that torch shares to numba's pool size, so
+numba is set first. `set_threads()` without an argument picks
 `default_threads()`: OMP_NUM_THREADS or NUMBA_NUM_THREADS when set, otherwise the cores this
 process may use that are idle now. The `memrnn` command applies it at start (`--threads N`
 sets it).

@@ -326,6 +326,9 @@ def test_balanced_class_weights_weigh_the_rare_class_up(tmp_path):
     assert torch.allclose(task.loss(logits, batch), expected)
     with pytest.raises(ValueError, match="class_weights"):
         ArraysTask(str(tmp_path / "i.npz"), class_weights="inverse")
+    _regression_npz(tmp_path / "r.npz")
+    with pytest.raises(ValueError, match="weighs classes"):
+        ArraysTask(str(tmp_path / "r.npz"), class_weights="balanced")
 
 
 def test_csv_string_labels(tmp_path):

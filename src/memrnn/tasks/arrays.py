@@ -419,7 +419,12 @@ class ArraysTask(ArrayTask):
         if self.normalize == "standardize":
             self._standardize(splits)
         self.weights = None
-        if self.class_weights == "balanced" and kind == "classification":
+        if self.class_weights == "balanced" and kind != "classification":
+            raise ValueError(
+                f"arrays: class_weights 'balanced' weighs classes, and {self.path} holds "
+                "regression targets; drop --task.class_weights"
+            )
+        if self.class_weights == "balanced":
             counts = torch.bincount(splits["train"].y, minlength=self.output_size).double()
             self.weights = (counts.sum() / (self.output_size * counts.clamp(min=1))).float()
 

@@ -229,3 +229,30 @@ def test_threads_option(trained, capsys):
         assert "--threads" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_checkpoints_carry_their_inputs_for_commands_without_the_training_state(
+    tmp_path, capsys, monkeypatch
+):
+    data = tmp_path / "d.npz"
+    x_test, _ = _data(data, n_test=6, scale=50.0, shift=300.0)
+    run = _train(tmp_path, data, "--task.normalize", "standardize")
+    inputs = json.loads((run / "last" / "inputs.json").read_text())
+    assert inputs["classes"] == ["a", "b", "c"] and len(inputs["mean"]) == 1
+    # A copy of the model files alone (no training state, no run folder) still predicts alike.
+    import shutil
+
+    copy = tmp_path / "deployed"
+    shutil.copytree(run / "last", copy)
+    (copy / "training.pt").unlink()
+    (copy / "manifest.json").unlink()
+    np.savez(tmp_path / "new.npz", x=x_test)
+    outputs = []
+    capsys.readouterr()
+    for checkpoint in (run / "last", copy):
+        assert (
+            main(["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "new.npz")])
+            == 0
+        )
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") == 7

@@ -186,7 +186,24 @@ def _checkpoint_model(path: str) -> tuple[Any, Path]:
 
 
 def _task_kwargs(folder: Path) -> dict[str, Any]:
-    """The task arguments a checkpoint's run recorded (empty when it recorded none)."""
+    """What a checkpoint records about its inputs: its inputs.json (normalisation, classes),
+    else the task arguments of its training state, else nothing."""
+    from memrnn.tasks.arrays import INPUTS
+    from memrnn.train.checkpoint import TRAINING
+
+    path = folder / INPUTS
+    if path.is_file():
+        try:
+            inputs = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(inputs, dict):
+                raise ValueError
+        except (ValueError, OSError):
+            raise UsageError(
+                f"checkpoint {str(folder)!r} is damaged: {INPUTS} is not a JSON mapping"
+            ) from None
+        return inputs
+    if not (folder / TRAINING).is_file():
+        return {}
     cfg = _checkpoint_training(folder).get("train_config") or {}
     kwargs = cfg.get("task_kwargs") if isinstance(cfg, dict) else None
     return kwargs if isinstance(kwargs, dict) else {}
@@ -374,10 +391,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{args.input} has {x.shape[-1]} channel(s) per step; {folder} was trained on "
             f"{config.input_size}"
         )
-    training = _checkpoint_training(folder)
-    task_info = training.get("task") or {}
     kwargs = _task_kwargs(folder)
-    classify = task_info.get("loss_kind") == "cross_entropy"
+    if "classes" in kwargs:
+        classify = True
+    else:
+        task_info = _checkpoint_training(folder).get("task") or {}
+        classify = task_info.get("loss_kind") == "cross_entropy"
     dtype = next(model.parameters()).dtype
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32)).to(dtype)
     n = None if lengths is None else torch.as_tensor(lengths.astype(np.int64))

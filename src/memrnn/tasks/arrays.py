@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,9 @@ from memrnn.tasks.registry import register_task
 
 KINDS = ("auto", "classification", "regression")
 SUFFIXES = (".npz", ".csv")
+# The file in every checkpoint of a run on this task that holds its input normalisation and
+# classes (see `ArraysTask.checkpoint_files`).
+INPUTS = "inputs.json"
 NORMALIZE = ("none", "standardize")
 CLASS_WEIGHTS = ("none", "balanced")
 # A channel whose standard deviation is below this is only centred, not scaled.
@@ -630,6 +634,15 @@ class ArraysTask(ArrayTask):
 
     def has_split(self, split: str) -> bool:
         return check_split(split) in self._splits
+
+    def checkpoint_files(self) -> dict[str, str]:
+        """inputs.json: the input normalisation (mean, std per channel) and the classes."""
+        inputs: dict[str, Any] = {"normalize": self.normalize, "input_size": self.input_size}
+        if self.mean is not None:
+            inputs["mean"], inputs["std"] = list(self.mean), list(self.std)
+        if self.classes is not None:
+            inputs["classes"] = list(self.classes)
+        return {INPUTS: json.dumps(inputs)}
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         if self.weights is None:

@@ -107,6 +107,12 @@ class Task:
         """Whether the task has samples for `split` (a file-backed task may have no val split)."""
         return check_split(split) in SPLITS
 
+    def checkpoint_files(self) -> dict[str, str]:
+        """name -> text of files that every checkpoint of a run on this task carries (e.g.
+        the input normalisation and class labels of a file-backed task, which `predict`,
+        `stream` and `export` read without rebuilding the task). Empty by default."""
+        return {}
+
     def recorded_kwargs(self) -> dict[str, Any]:
         """Constructor arguments resolved when the task was built (e.g. a data file's absolute
         path and checksum), which a run saves with its task arguments so that `eval` and

@@ -659,7 +659,7 @@ def _set_up(config: TrainConfig, echo: bool, info: DistInfo, cleanup: contextlib
         rows=rank_slice(config.batch_size, info),
         micro=config.batch_size // info.world_size // config.grad_accum,
         end=config.steps if config.stop_at is None else min(config.steps, config.stop_at),
-        extra_files=_vocab_files(task),
+        extra_files={**_vocab_files(task), **task.checkpoint_files()},
     )
     if resume_folder is not None:
         _restore(run, resume_folder)

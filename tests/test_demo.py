@@ -29,3 +29,17 @@ def test_demo_refuses_a_thread_count_below_one(tmp_path, capsys):
         main(["--quick", "--out", str(tmp_path), "--threads", "0"])
     assert info.value.code == 2
     assert "--threads must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_readme_shows_the_demo_with_its_default_steps():
+    from pathlib import Path
+
+    from memrnn.demo import CONTENDERS, _settings
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## `make demo`")[1].split("\n## ")[0]
+    steps = _settings(quick=False)["steps"]
+    assert f"a fixed {steps} steps" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(CONTENDERS) + 1
+    assert all(row.split("|")[3].strip() == str(steps) for row in rows[1:])

@@ -256,3 +256,18 @@ def test_checkpoints_carry_their_inputs_for_commands_without_the_training_state(
         )
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[0].count("\n") == 7
+
+
+def test_predict_writes_one_row_per_valid_step_for_per_step_models(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 5, 2)).astype("float32")
+    lengths = rng.integers(2, 6, 30)
+    np.savez(tmp_path / "r.npz", x=x, y=np.cumsum(x, axis=1), lengths=lengths)
+    run = _train(tmp_path, tmp_path / "r.npz")
+    np.savez(tmp_path / "new.npz", x=x[:4], lengths=lengths[:4])
+    capsys.readouterr()
+    argv = ["predict", "--checkpoint", str(run), "--input", str(tmp_path / "new.npz")]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0]) == ["sequence", "step", "y0", "y1"]
+    assert len(rows) == int(lengths[:4].sum())

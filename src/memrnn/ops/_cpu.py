@@ -32,6 +32,15 @@ the process around them faster on CPU, and each is opt-in or invisible:
   signature, not by options such as `parallel`, so compiling one function both ways made
   whichever build was cached first serve both (measured: a threaded scan running on one
   thread). Each build here is compiled from a copy of the function under a name of its own.
+- The on-disk cache (`cached_njit`, used by `compile_kernel` and every cached kernel): numba
+  keeps compiled kernels in the `__pycache__` beside their source, or in the user's cache
+  directory (~/.cache/numba, or NUMBA_CACHE_DIR) where the package directory is read-only,
+  so a process loads them in about a second instead of compiling them (10 s of CPU time for
+  the kernels of one model). numba notices edits to a kernel's own file only, not to the
+  helpers below that kernels inline from this one, so `compile_kernel` names each build after
+  a digest of this file as well: an edit here compiles them anew instead of loading stale
+  code. Where no cache directory is writable, kernels compile in every process (a warning
+  says so) rather than failing to import.
 - A hand-written exp, and tanh and σ on it, that LLVM vectorises (`vec_expm1_neg`,
   `vec_tanh`, `vec_sigmoid`). numba's `math.tanh` and `math.exp` call libm one element at a
   time (about 30 ns per tanh, slower than the torch loops the kernels replace) unless Intel's
@@ -46,11 +55,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import math
 import os
 import sys
 import threading
 import types
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -403,14 +414,51 @@ def row_split(rows: int, r0: int, T: int, H: int, min_elements: int) -> tuple[bo
     return True, math.ceil(H / slices)
 
 
+def _source_digest(path: str = __file__) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:8]
+    except OSError:  # pragma: no cover - a package without its sources
+        return "nosource"
+
+
+# Part of every compiled build's name (see the module notes on the on-disk cache).
+HELPERS_DIGEST = _source_digest()
+_warned_uncached = False
+
+
+def cached_njit(fn: Callable | None = None, **options: object) -> Callable:
+    """njit(fn, cache=True, **options), as a call or a decorator; where numba finds no
+    writable cache directory, njit(fn, **options) and a warning (once per process)."""
+    if fn is None:
+        return lambda f: cached_njit(f, **options)
+    try:
+        return njit(cache=True, **options)(fn)
+    except RuntimeError as err:
+        if "no locator available" not in str(err):
+            raise
+    global _warned_uncached
+    if not _warned_uncached:
+        _warned_uncached = True
+        warnings.warn(
+            "memrnn: no writable directory for numba's kernel cache (the package directory "
+            "and the user cache directory are read-only); kernels compile in every process. "
+            "Set NUMBA_CACHE_DIR to a writable directory to cache them.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return njit(**options)(fn)
+
+
 def compile_kernel(fn: Callable, parallel: bool, **options: object) -> Callable:
-    """njit(fn) with `parallel` and `options`, cached on disk under fn's name + a suffix."""
-    suffix = "_threaded" if parallel else "_serial"
+    """njit(fn) with `parallel` and `options`, cached on disk under fn's name + a suffix that
+    names the build and the version of the helpers in this file it inlines."""
+    suffix = ("_threaded_" if parallel else "_serial_") + HELPERS_DIGEST
     copy = types.FunctionType(
         fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
     )
     copy.__qualname__ = fn.__qualname__ + suffix
-    return njit(parallel=parallel, cache=True, nogil=True, **options)(copy)
+    return cached_njit(copy, parallel=parallel, nogil=True, **options)
 
 
 def compile_pair(fn: Callable, **options: object) -> tuple[Callable, Callable]:
@@ -420,7 +468,9 @@ def compile_pair(fn: Callable, **options: object) -> tuple[Callable, Callable]:
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "HELPERS_DIGEST",
     "NUMBA_AVAILABLE",
+    "cached_njit",
     "check_kernel_input",
     "chunk_size",
     "compile_kernel",

@@ -39,9 +39,9 @@ from torch import Tensor
 
 from memrnn.ops._cpu import (
     NUMBA_AVAILABLE,
+    cached_njit,
     check_kernel_input,
     empty,
-    njit,
     row_chunks,
 )
 
@@ -60,7 +60,7 @@ _BLOCK = 128
 
 if AVAILABLE:
 
-    @njit(cache=True, nogil=True)
+    @cached_njit(nogil=True)
     def _forward_rows(p, r0, T, lam, gamma, state, h):  # pragma: no cover - compiled
         """h (rows, 2N) for the rows r0 … r0 + len(p) − 1 of the flattened (B T) axis, from the
         chunk p (rows, 2N); `state` (B, 2N) holds each batch row's h before the chunk, and
@@ -95,7 +95,7 @@ if AVAILABLE:
             state[b, N:] = si
             r += n
 
-    @njit(cache=True, nogil=True)
+    @cached_njit(nogil=True)
     def _backward_rows(gh, r0, T, lam, h, h0, carry, g, dlam):  # pragma: no cover - compiled
         """g = ∂L/∂h_t + c for the rows r0 … r0 + len(gh) − 1, walking them downwards, from
         the chunk gh = gy W_out (rows, 2N); `carry` (B, 2N) holds each batch row's c after
@@ -145,7 +145,7 @@ if AVAILABLE:
             carry[b, N:] = ci
             r -= n
 
-    @njit(cache=True, nogil=True)
+    @cached_njit(nogil=True)
     def _column_dots(a, b, out):  # pragma: no cover - compiled
         """out = Σ_rows a ⊙ b for a, b (rows, H), out (H,) float64."""
         R, H = a.shape

@@ -21,12 +21,12 @@ from torch import Tensor
 
 from memrnn.ops._cpu import (
     NUMBA_AVAILABLE,
+    cached_njit,
     check_kernel_input,
     chunk_size,
     compile_pair,
     empty,
     job_bounds,
-    njit,
     prange,
 )
 from memrnn.ops.scan.autograd import differentiable
@@ -39,7 +39,7 @@ _BLOCK = 128
 
 if AVAILABLE:
 
-    @njit(cache=True, nogil=True)
+    @cached_njit(nogil=True)
     def _touch(x, i, t_lo, t_hi, m0, m1):  # pragma: no cover - compiled
         """Reads rows t_lo..t_hi-1 of x[i, :, m0:m1] in ascending order, one load per line."""
         total = 0.0

@@ -242,14 +242,54 @@ def test_any_data_file_is_trained_or_refused_in_one_line_long(case, tmp_path_fac
     _data_case(tmp_path_factory, *case)
 
 
-# -- tampered run folders ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
+    """A run of a real-valued model with 2 input channels."""
     run = tmp_path_factory.mktemp("fuzz-ckpt") / "run"
     argv = ["train", "--model", "gru-small", "--task", "flip-flop", "--seq-len", "6"]
     code, err = _run_cli([*argv, "--steps", "2", "--out", str(run), *SMALL, *QUIET])
     assert code == 0, err
     return run
+
+
+def _predict_case(trained: Path, tmp_path_factory, suffix: str, data: bytes, out: bool) -> None:
+    root = tmp_path_factory.getbasetemp() / "fuzz-predict"
+    root.mkdir(exist_ok=True)
+    sibling = _sibling(root)
+    n = next(counter)
+    path = root / f"input-{n}{suffix}"
+    path.write_bytes(data)
+    before = (_hashes(sibling), _hashes(trained), hashlib.sha256(data).hexdigest())
+    argv = ["predict", "--checkpoint", str(trained), "--input", str(path)]
+    if out:
+        argv += ["--out", str(root / f"preds-{n}.csv")]
+    code, err = _run_cli(argv)
+    assert code in (0, 2), (argv, code, err)
+    _check(code, err, argv)
+    after = (_hashes(sibling), _hashes(trained), hashlib.sha256(path.read_bytes()).hexdigest())
+    assert after == before, argv
+    (root / f"preds-{n}.csv").unlink(missing_ok=True)
+    path.unlink()
+
+
+@settings(max_examples=40, **FUZZ)
+@given(case=data_files, out=st.booleans())
+def test_predict_on_any_input_file_answers_or_refuses_in_one_line(
+    case, out, trained, tmp_path_factory
+):
+    _predict_case(trained, tmp_path_factory, *case, out)
+
+
+@pytest.mark.slow
+@settings(max_examples=600, **{**FUZZ, "derandomize": False})
+@given(case=data_files, out=st.booleans())
+def test_predict_on_any_input_file_answers_or_refuses_in_one_line_long(
+    case, out, trained, tmp_path_factory
+):
+    _predict_case(trained, tmp_path_factory, *case, out)
+
+
+# -- tampered run folders ------------------------------------------------------------------------
 
 
 json_values = st.recursive(

@@ -109,6 +109,38 @@ def test_predict_refuses_wrong_inputs_in_one_line(trained, capsys, tmp_path):
         assert "\n" not in err and match in err, err
 
 
+def test_predict_refuses_hostile_input_files_naming_file_and_field(trained, capsys, tmp_path):
+    run, *_ = trained
+    x = np.zeros((3, 4), "float32")
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x)
+    whole = buffer.getvalue()
+    nan_x = x.copy()
+    nan_x[1, 2] = np.nan
+    files = {
+        "empty.npz": (b"", "not a readable .npz"),
+        "truncated.npz": (whole[: len(whole) // 2], "not a readable .npz"),
+        "garbage.npz": (b"PK\x03\x04 not a zip", "not a readable .npz"),
+        "pickled.npz": ({"x": x.astype(object)}, "member 'x.npy'"),
+        "strings.npz": ({"x": np.full((3, 4), "a")}, "x must hold numbers"),
+        "nan.npz": ({"x": nan_x}, "non-finite value (nan) at index [1, 2"),
+        "lengths.npz": ({"x": x, "lengths": np.array([1, 9, 2])}, "lengths must be"),
+        "wide.npz": ({"x": np.zeros((3, 4, 2))}, "2 channel(s) per step"),
+        "text.csv": (b"sequence,x\ns,1\ns,abc\n", "line 3, field 'x'"),
+        "inf.csv": (b"sequence,x\ns,1\ns,inf\n", "not a finite number"),
+        "empty.csv": (b"", "is empty"),
+    }
+    for name, (content, match) in files.items():
+        path = tmp_path / name
+        if isinstance(content, dict):
+            np.savez(path, **content)
+        else:
+            path.write_bytes(content)
+        assert main(["predict", "--checkpoint", str(run), "--input", str(path)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and match in err and name in err, (name, err)
+
+
 def test_predict_reads_csv_without_targets(trained, capsys, tmp_path):
     run, *_ = trained
     rows = ["sequence,x"] + [f"s{i},{i}" for i in range(3) for _ in range(4)]

@@ -383,14 +383,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "(use `memrnn generate`)"
         )
     try:
-        x, lengths, y, names = read_inputs(args.input, args.split)
+        x, lengths, y, names = read_inputs(args.input, args.split, config.input_size)
     except ValueError as err:
         raise UsageError(_one_line(err)) from None
-    if x.shape[-1] != config.input_size:
-        raise UsageError(
-            f"{args.input} has {x.shape[-1]} channel(s) per step; {folder} was trained on "
-            f"{config.input_size}"
-        )
     kwargs = _task_kwargs(folder)
     if "classes" in kwargs:
         classify = True

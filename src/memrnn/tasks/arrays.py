@@ -436,10 +436,7 @@ class ArraysTask(ArrayTask):
         self, name: str, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None
     ) -> None:
         where = f"arrays: {self.path}" + ("" if name == "all" else f" ({name})")
-        if x.ndim != 3 or x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"{where}: x must have shape (S, T, D) with S, T >= 1, got {x.shape}")
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ValueError(f"{where}: x must hold numbers, got dtype {x.dtype}")
+        _check_x(where, x)
         if y.ndim not in (1, 2, 3) or y.shape[0] != x.shape[0]:
             raise ValueError(
                 f"{where}: y must have shape (S,), (S, T) or (S, T, O) with S = {x.shape[0]}, "
@@ -447,22 +444,8 @@ class ArraysTask(ArrayTask):
             )
         if y.ndim >= 2 and y.shape[1] != x.shape[1]:
             raise ValueError(f"{where}: per-step y must have T = {x.shape[1]} steps, got {y.shape}")
-        for array_name, values in (("x", x), ("y", y)):
-            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-                index = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
-                raise ValueError(
-                    f"{where}: {array_name} holds a non-finite value ({values[index]}) at "
-                    f"index {list(index)} (sequence, step, channel); every value must be finite"
-                )
-        if lengths is not None and (
-            lengths.shape != (x.shape[0],)
-            or not np.issubdtype(lengths.dtype, np.integer)
-            or lengths.min() < 1
-            or lengths.max() > x.shape[1]
-        ):
-            raise ValueError(
-                f"{where}: lengths must be S = {x.shape[0]} integers in [1, {x.shape[1]}]"
-            )
+        _check_finite(where, "y", y)
+        _check_lengths(where, x, lengths)
 
     def _to_split(
         self, name: str, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None
@@ -680,6 +663,36 @@ class ArraysTask(ArrayTask):
         return float((y.float() ** 2).mean())
 
 
+def _check_x(where: str, x: np.ndarray) -> None:
+    """ValueError starting with `where` unless x is (S, T, D) finite numbers, S, T >= 1."""
+    if x.ndim != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{where}: x must have shape (S, T, D) with S, T >= 1, got {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{where}: x must hold numbers, got dtype {x.dtype}")
+    _check_finite(where, "x", x)
+
+
+def _check_finite(where: str, name: str, values: np.ndarray) -> None:
+    """ValueError starting with `where` naming the first non-finite value of float `values`."""
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
+        raise ValueError(
+            f"{where}: {name} holds a non-finite value ({values[index]}) at "
+            f"index {list(index)} (sequence, step, channel); every value must be finite"
+        )
+
+
+def _check_lengths(where: str, x: np.ndarray, lengths: np.ndarray | None) -> None:
+    """ValueError starting with `where` unless `lengths` is None or S integers in [1, T]."""
+    if lengths is not None and (
+        lengths.shape != (x.shape[0],)
+        or not np.issubdtype(lengths.dtype, np.integer)
+        or lengths.min() < 1
+        or lengths.max() > x.shape[1]
+    ):
+        raise ValueError(f"{where}: lengths must be S = {x.shape[0]} integers in [1, {x.shape[1]}]")
+
+
 def _label(value: Any, path: Path) -> int | float | str:
     """A label as a plain value: whole numbers as int, other numbers as float, text as str."""
     if isinstance(value, bool):
@@ -764,11 +777,14 @@ def with_input_standardization(model: nn.Module, mean: list[float], std: list[fl
 
 
 def read_inputs(
-    path: str | Path, split: str | None = None
+    path: str | Path, split: str | None = None, input_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
     """(x (S, T, D), lengths (S,) or None, targets or None, sequence names) of a .npz or CSV
     file of new sequences: `x` (or `x_<split>`), optional `lengths` and `y`; or CSV rows of
-    columns `sequence`, `x...`, optional `y...` and `split`. ValueError naming the file."""
+    columns `sequence`, `x...`, optional `y...` and `split`. The file is read and checked as a
+    training data file is (a damaged or pickled member, non-numeric or non-finite inputs, bad
+    lengths), and x must have `input_size` channels when it is given. ValueError naming the
+    file."""
     file = Path(path).expanduser()
     if file.suffix.lower() not in SUFFIXES:
         raise ValueError(f"{file} must be a .npz or .csv file")
@@ -785,37 +801,35 @@ def read_inputs(
             )
         x, y, lengths = groups[key]
         names = _csv_names(file, key)
-        return x, lengths, (y if y.shape[-1] else None), names
-    suffix = "" if split is None else f"_{split}"
-    with np.load(file, allow_pickle=False) as data:
-        keys = set(data.files)
-        if f"x{suffix}" not in keys:
-            hint = "; choose a split with --split" if split is None and "x_test" in keys else ""
-            raise ValueError(f"{file} has no array 'x{suffix}' (it has {sorted(keys)}){hint}")
-        x = data[f"x{suffix}"]
-        y = data[f"y{suffix}"] if f"y{suffix}" in keys else None
-        lengths = data[f"lengths{suffix}"] if f"lengths{suffix}" in keys else None
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.ndim != 3 or 0 in x.shape:
-        raise ValueError(f"{file}: x must have shape (S, T, D) or (S, T), got {x.shape}")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{file}: x must hold numbers, got dtype {x.dtype}")
-    if lengths is not None and (
-        lengths.shape != (x.shape[0],)
-        or not np.issubdtype(lengths.dtype, np.integer)
-        or lengths.min() < 1
-        or lengths.max() > x.shape[1]
-    ):
-        raise ValueError(f"{file}: lengths must be S = {x.shape[0]} integers in [1, {x.shape[1]}]")
-    if y is not None and y.shape[0] != x.shape[0]:
+        y = y if y.shape[-1] else None
+    else:
+        suffix = "" if split is None else f"_{split}"
+        with _open_npz(file) as data:
+            keys = set(data.files)
+            if f"x{suffix}" not in keys:
+                hint = "; choose a split with --split" if split is None and "x_test" in keys else ""
+                raise ValueError(f"{file} has no array 'x{suffix}' (it has {sorted(keys)}){hint}")
+            x = data[f"x{suffix}"]
+            y = data[f"y{suffix}"] if f"y{suffix}" in keys else None
+            lengths = data[f"lengths{suffix}"] if f"lengths{suffix}" in keys else None
+        if x.ndim == 2:
+            x = x[..., None]
+        names = [str(i) for i in range(x.shape[0])] if x.ndim else []
+    where = str(file) + ("" if split is None else f" ({split})")
+    _check_x(where, x)
+    _check_lengths(where, x, lengths)
+    if input_size is not None and x.shape[-1] != input_size:
+        raise ValueError(
+            f"{where} has {x.shape[-1]} channel(s) per step; the run was trained on {input_size}"
+        )
+    if y is not None and (y.ndim == 0 or y.shape[0] != x.shape[0]):
         y = None
-    return x, lengths, y, [str(i) for i in range(x.shape[0])]
+    return x, lengths, y, names
 
 
 def _csv_names(file: Path, split: str) -> list[str]:
     """The sequence names of one split of a CSV file, in order of first appearance."""
-    with open(file, newline="") as f:
+    with open(file, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader)]
         seq_col = header.index("sequence")

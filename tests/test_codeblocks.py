@@ -10,7 +10,9 @@ and counted as skipped. So that the default test run stays short, shell lines ru
 lengths: `memrnn train` with at most MAX_STEPS steps and a small evaluation, `memrnn eval` on a
 few sequences; a plain `memrnn ...` line runs in this process (no interpreter start-up), any
 other line in bash with the environment's `memrnn` first on PATH. The slow test
-`test_pages_run_verbatim` runs every shell block as written, in bash.
+`test_pages_run_verbatim` runs each page as written: its python blocks in one namespace and
+its shell blocks whole in bash, in order and in one folder, so that a file a python block
+writes is there for the shell block after it.
 """
 
 from __future__ import annotations
@@ -227,6 +229,22 @@ def test_collector_finds_fences_and_markers(tmp_path):
     assert capped("memrnn train --out runs/x --resume --steps 9") == (
         f"memrnn train --out runs/x --resume --steps {2 * MAX_STEPS}"
     )
+
+
+def test_verbatim_run_takes_python_and_bash_blocks_in_order_in_one_folder(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nopen('made.txt', 'w').write('from python')\n```\n\n"
+        "```bash\ngrep -q 'from python' made.txt\necho ' then bash' >> made.txt\n```\n\n"
+        "```python\nassert open('made.txt').read() == 'from python then bash\\n'\n```\n",
+        encoding="utf-8",
+    )
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        _run_blocks(_blocks_outside_root(page), folder, {}, shell_env(), verbatim=True)
+    assert (folder / "made.txt").read_text() == "from python then bash\n"
 
 
 def _blocks_outside_root(path: Path) -> list[Block]:

@@ -167,12 +167,15 @@ def run_demo(
 
 
 def warm_up(name: str, d_model: int) -> None:
-    """One tiny forward/backward, so that one-off kernel compilation is not timed as training."""
+    """One tiny forward/backward, so that one-off kernel compilation (or loading from numba's
+    disk cache) is not timed as training; likewise the first optimizer, whose construction
+    imports torch._dynamo (1.6 s of CPU time)."""
     from memrnn.models import create_model
 
     model = create_model(name, input_size=2, output_size=2, head="sequence", d_model=d_model)
     out, _ = model(torch.randn(2, 8, 2))
     out.sum().backward()
+    torch.optim.AdamW(model.parameters())
 
 
 def table(rows: list[Row], train_len: int, test_len: int) -> str:

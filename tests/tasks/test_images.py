@@ -85,6 +85,27 @@ def test_missing_data_errors_name_folder_and_files(tmp_path):
         load_mnist(tmp_path, kind="emnist")
 
 
+def test_nmnist_records_the_sha256_of_its_files_and_refuses_other_data(tmp_path):
+    for split, digit in (("Train", 0), ("Train", 1), ("Test", 3)):
+        folder = tmp_path / "NMNIST" / split / str(digit)
+        folder.mkdir(parents=True)
+        (folder / "00001.bin").write_bytes(bytes([digit, 2, 3, 4, 5]))
+    recorded = NMNIST(tmp_path).recorded_kwargs()
+    assert recorded["data_dir"] == str(tmp_path.resolve()) and len(recorded["sha256"]) == 64
+    NMNIST(**recorded)
+    (tmp_path / "NMNIST" / "Test" / "3" / "00001.bin").write_bytes(bytes([9, 2, 3, 4, 5]))
+    with pytest.raises(ValueError, match="NMNIST: the data in .* has changed"):
+        NMNIST(**recorded)
+    (tmp_path / "NMNIST" / "Test" / "3" / "00001.bin").write_bytes(bytes([3, 2, 3, 4, 5]))
+    (tmp_path / "NMNIST" / "Train" / "1" / "00001.bin").rename(
+        tmp_path / "NMNIST" / "Train" / "1" / "00002.bin"
+    )
+    with pytest.raises(ValueError, match="has changed"):
+        NMNIST(**recorded)
+    # A folder without the data records nothing (the loader says what is missing).
+    assert NMNIST(tmp_path / "none").recorded_kwargs() == {}
+
+
 def test_digits_split_and_task():
     data = load_digits_images()
     sizes = {k: len(v[0]) for k, v in data.items()}

@@ -88,6 +88,29 @@ def test_mnist1d(tmp_path: Path) -> None:
         task.batch(2, seq_len=80)
 
 
+def test_mnist1d_records_the_sha256_of_its_cache_and_refuses_other_data(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x": rng.normal(size=(20, 40)).astype("float32"),
+        "y": np.arange(20) % 10,
+        "x_test": rng.normal(size=(10, 40)).astype("float32"),
+        "y_test": np.arange(10),
+    }
+    np.savez(tmp_path / "mnist1d_default.npz", **arrays)
+    task = create_task("mnist1d", cache_dir=str(tmp_path), val_fraction=0.5)
+    recorded = task.recorded_kwargs()
+    assert len(recorded["sha256"]) == 64
+    assert create_task("mnist1d", cache_dir=str(tmp_path), **recorded).split_size("test") == 10
+    arrays["x_test"][3, 7] += 1.0
+    np.savez(tmp_path / "mnist1d_default.npz", **arrays)
+    with pytest.raises(ValueError, match=r"mnist1d: the data in .*mnist1d_default.npz.* changed"):
+        create_task("mnist1d", cache_dir=str(tmp_path), **recorded)
+    assert create_task("mnist1d", cache_dir=str(tmp_path)).recorded_kwargs() != recorded
+    (tmp_path / "mnist1d_default.npz").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        create_task("mnist1d", cache_dir=str(tmp_path))
+
+
 # ---------------------------------------------------------------- (p)sMNIST
 
 

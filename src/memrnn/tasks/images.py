@@ -83,22 +83,45 @@ def read_idx(path: str | Path) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))
 
 
+def files_sha256(files: list[tuple[str, Path]]) -> str:
+    """One SHA-256 over (name, file) pairs, in order: each name, then its file's bytes."""
+    digest = hashlib.sha256()
+    for name, path in files:
+        digest.update(name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def mnist_sha256(folder: str | Path) -> str | None:
     """One SHA-256 over the four MNIST IDX files of `folder` (None when one is missing)."""
-    digest = hashlib.sha256()
+    files = []
     for split in ("train", "test"):
         for name in MNIST_FILES[split]:
             path = _find(Path(folder), name)
             if path is None:
                 return None
-            digest.update(name.encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+            files.append((name, path))
+    return files_sha256(files)
 
 
-def check_recorded_digest(owner: str, where: Path, digest: str | None, sha256: str | None) -> None:
+def nmnist_sha256(folder: str | Path) -> str | None:
+    """One SHA-256 over the N-MNIST recordings of `folder` (NMNIST/{Train,Test}/<digit>/*.bin,
+    each with its relative path, in sorted order); None when a split has none."""
+    root = Path(folder) / "NMNIST"
+    files = []
+    for split in NMNIST_FOLDERS.values():
+        found = sorted((root / split).glob("*/*.bin"))
+        if not found:
+            return None
+        files += [(p.relative_to(root).as_posix(), p) for p in found]
+    return files_sha256(files)
+
+
+def check_recorded_digest(
+    owner: str, where: str | Path, digest: str | None, sha256: str | None
+) -> None:
     """ValueError when data a run recorded (`sha256`) differs from what is there now."""
     if sha256 is not None and digest != sha256:
         now = f"SHA-256 {digest[:12]}..." if digest else "files missing"
@@ -334,9 +357,24 @@ class NMNIST(_ImageTask):
     name = "nmnist"
     input_size = 2 * 34 * 34
 
-    def __init__(self, data_dir: str | Path, n_time_bins: int = 100, seed: int = 0):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        n_time_bins: int = 100,
+        seed: int = 0,
+        sha256: str | None = None,
+    ):
         super().__init__(n_steps=n_time_bins, n_empty=0, seed=seed)
-        self.data_dir, self.n_time_bins = Path(data_dir), n_time_bins
+        self.data_dir, self.n_time_bins = Path(data_dir).resolve(), n_time_bins
+        # Recorded with a run (`recorded_kwargs`): eval and --resume refuse other data.
+        self.sha256 = nmnist_sha256(self.data_dir)
+        check_recorded_digest("NMNIST", self.data_dir, self.sha256, sha256)
+
+    def recorded_kwargs(self) -> dict[str, Any]:
+        """The data folder's absolute path and the SHA-256 of its recordings."""
+        if self.sha256 is None:
+            return {}
+        return {"data_dir": str(self.data_dir), "sha256": self.sha256}
 
     def _data(self, split: str) -> tuple[Tensor, Tensor]:
         if split == "test":

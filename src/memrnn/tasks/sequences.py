@@ -144,21 +144,31 @@ class PermutedMNIST(_PixelMNIST):
 
 
 _MNIST1D_CACHE: dict[str, tuple[np.ndarray, ...]] = {}
+MNIST1D_ARRAYS = ("x", "y", "x_test", "y_test")
 
 
 def _mnist1d_arrays(cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, ...]:
     """(x_train, y_train, x_test, y_test) from mnist1d's generator with its default args.
 
-    Cached per process, and as an .npz under `cache_dir` when given. The generator reseeds
-    numpy's and random's global state; both are restored afterwards.
+    Read from the .npz under `cache_dir` when it is there (checked as an `arrays` data file
+    is), else generated: cached per process, and saved under `cache_dir` when given. The
+    generator reseeds numpy's and random's global state; both are restored afterwards.
     """
-    key = "default"
-    if key in _MNIST1D_CACHE:
-        return _MNIST1D_CACHE[key]
     path = Path(cache_dir) / "mnist1d_default.npz" if cache_dir is not None else None
     if path is not None and path.exists():
-        with np.load(path) as f:
-            arrays = (f["x"], f["y"], f["x_test"], f["y_test"])
+        from memrnn.tasks.arrays import _open_npz
+
+        with _open_npz(path) as f:
+            missing = [k for k in MNIST1D_ARRAYS if k not in f]
+            if missing:
+                raise ValueError(f"mnist1d: {path} has no array {missing[0]!r}; delete it")
+            return tuple(
+                np.asarray(f[k], dtype=np.float32 if k.startswith("x") else np.int64)
+                for k in MNIST1D_ARRAYS
+            )
+    key = "default"
+    if key in _MNIST1D_CACHE:
+        arrays = _MNIST1D_CACHE[key]
     else:
         from mnist1d.data import get_dataset_args, make_dataset
 
@@ -171,13 +181,22 @@ def _mnist1d_arrays(cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, ..
             random.setstate(py_state)
         arrays = tuple(
             np.asarray(data[k], dtype=np.float32 if k.startswith("x") else np.int64)
-            for k in ("x", "y", "x_test", "y_test")
+            for k in MNIST1D_ARRAYS
         )
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, x=arrays[0], y=arrays[1], x_test=arrays[2], y_test=arrays[3])
-    _MNIST1D_CACHE[key] = arrays
+        _MNIST1D_CACHE[key] = arrays
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **dict(zip(MNIST1D_ARRAYS, arrays, strict=True)))
     return arrays
+
+
+def _arrays_sha256(arrays: tuple[np.ndarray, ...]) -> str:
+    """One SHA-256 over named arrays: each name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for name, array in zip(MNIST1D_ARRAYS, arrays, strict=True):
+        digest.update(f"{name} {array.dtype.str} {array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 @register_task("mnist1d")
@@ -190,6 +209,9 @@ class MNIST1D(_SequenceClassification):
         val_fraction: fraction of train held out (seeded) as "val" (default 0.1).
         seed: seed of the val split and of `batch`'s default generator (default 0).
         cache_dir: folder to keep the generated arrays in (default None: per process only).
+        sha256: the expected SHA-256 of the arrays (recorded by a run, see
+            `recorded_kwargs`); None (default) takes them as they are. A mismatch (an edited
+            cache, another generator version) is a ValueError.
     Shapes: x (B, 40, 1) float; y (B,) int64.
     """
 
@@ -198,13 +220,27 @@ class MNIST1D(_SequenceClassification):
         val_fraction: float = 0.1,
         seed: int = 0,
         cache_dir: str | None = None,
+        sha256: str | None = None,
     ) -> None:
+        from memrnn.tasks.images import check_recorded_digest
+
         val_fraction = check_float("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
         self.seed = check_int("seed", seed, minimum=0)
-        x, y, x_test, y_test = (torch.from_numpy(a) for a in _mnist1d_arrays(cache_dir))
+        arrays = _mnist1d_arrays(cache_dir)
+        # Recorded with a run (`recorded_kwargs`): eval and --resume refuse other data.
+        self.sha256 = _arrays_sha256(arrays)
+        where = "mnist1d's generator"
+        if cache_dir is not None:
+            where = str(Path(cache_dir).resolve() / "mnist1d_default.npz")
+        check_recorded_digest(self.name, where, self.sha256, sha256)
+        x, y, x_test, y_test = (torch.from_numpy(a) for a in arrays)
         self._set_splits(x, y, x_test, y_test, val_fraction)
         self.seq_len = int(x.shape[1])
         self.input_size, self.output_size = 1, 10
+
+    def recorded_kwargs(self) -> dict[str, Any]:
+        """The SHA-256 of the arrays the task read."""
+        return {"sha256": self.sha256}
 
 
 @register_task("digits")

@@ -8,7 +8,7 @@ Prints a table (model, parameters, steps, train time, accuracy at T and at 10·T
 it as results.md / results.csv with a bar chart results.png under --out (default runs/demo).
 The numbers are whatever this run measures on this machine.
 
-    python -m memrnn.demo                 # about 35 s of one CPU core
+    python -m memrnn.demo                 # about 40 s of one CPU core
     python -m memrnn.demo --quick         # a few seconds: a smoke test of the whole job
 
 Every model trains for the same fixed number of steps on one thread, with no time limit, so the

@@ -124,6 +124,7 @@ def test_predict_refuses_hostile_input_files_naming_file_and_field(trained, caps
         "pickled.npz": ({"x": x.astype(object)}, "member 'x.npy'"),
         "strings.npz": ({"x": np.full((3, 4), "a")}, "x must hold numbers"),
         "nan.npz": ({"x": nan_x}, "non-finite value (nan) at index [1, 2"),
+        "huge.npz": ({"x": np.full((3, 4), -1e300)}, "too large for float32 (-1e+300) at index"),
         "lengths.npz": ({"x": x, "lengths": np.array([1, 9, 2])}, "lengths must be"),
         "wide.npz": ({"x": np.zeros((3, 4, 2))}, "2 channel(s) per step"),
         "text.csv": (b"sequence,x\ns,1\ns,abc\n", "line 3, field 'x'"),

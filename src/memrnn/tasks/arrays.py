@@ -669,16 +669,27 @@ def _check_x(where: str, x: np.ndarray) -> None:
         raise ValueError(f"{where}: x must have shape (S, T, D) with S, T >= 1, got {x.shape}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ValueError(f"{where}: x must hold numbers, got dtype {x.dtype}")
-    _check_finite(where, "x", x)
+    _check_finite(where, "x", x, float32=True)
 
 
-def _check_finite(where: str, name: str, values: np.ndarray) -> None:
-    """ValueError starting with `where` naming the first non-finite value of float `values`."""
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+def _check_finite(where: str, name: str, values: np.ndarray, float32: bool = False) -> None:
+    """ValueError starting with `where` naming the first value of float `values` that is not
+    finite, or (`float32`) that float32, what the model reads, cannot hold."""
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    if not np.isfinite(values).all():
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
         raise ValueError(
             f"{where}: {name} holds a non-finite value ({values[index]}) at "
             f"index {list(index)} (sequence, step, channel); every value must be finite"
+        )
+    limit = float(np.finfo(np.float32).max)
+    if float32 and values.size and values.itemsize > 4 and float(np.abs(values).max()) > limit:
+        index = tuple(int(i) for i in np.argwhere(np.abs(values) > limit)[0])
+        raise ValueError(
+            f"{where}: {name} holds a value too large for float32 ({values[index]:g}) at "
+            f"index {list(index)} (sequence, step, channel); every value must be below "
+            f"{limit:.3g} in magnitude"
         )
 
 

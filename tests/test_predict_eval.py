@@ -129,6 +129,7 @@ def test_predict_refuses_hostile_input_files_naming_file_and_field(trained, caps
         "wide.npz": ({"x": np.zeros((3, 4, 2))}, "2 channel(s) per step"),
         "text.csv": (b"sequence,x\ns,1\ns,abc\n", "line 3, field 'x'"),
         "inf.csv": (b"sequence,x\ns,1\ns,inf\n", "not a finite number"),
+        "huge.csv": (b"sequence,x\ns,1e300\n", "'1e300' is not a number float32"),
         "empty.csv": (b"", "is empty"),
     }
     for name, (content, match) in files.items():

@@ -55,6 +55,8 @@ NORMALIZE = ("none", "standardize")
 CLASS_WEIGHTS = ("none", "balanced")
 # A channel whose standard deviation is below this is only centred, not scaled.
 MIN_STD = 1e-8
+# The largest input magnitude the model's float32 inputs hold.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def file_sha256(path: Path) -> str:
@@ -212,13 +214,16 @@ def _read_csv(
                 xs.append(float(row[column]))
                 if not math.isfinite(xs[-1]):
                     raise ValueError("not finite")
+                if abs(xs[-1]) > FLOAT32_MAX:
+                    raise ValueError("beyond float32")
             ys = []
             for column in y_cols:
                 ys.append(_number_or_label(row[column]))
                 if isinstance(ys[-1], float) and not math.isfinite(ys[-1]):
                     raise ValueError("not finite")
         except ValueError as err:
-            what = "a finite number" if str(err) == "not finite" else "a number"
+            what = {"not finite": "a finite number", "beyond float32": "a number float32 holds"}
+            what = what.get(str(err), "a number")
             raise ValueError(
                 f"arrays: {path} line {number}, field {header[column]!r}: "
                 f"{row[column].strip()[:40]!r} is not {what}"
@@ -683,7 +688,7 @@ def _check_finite(where: str, name: str, values: np.ndarray, float32: bool = Fal
             f"{where}: {name} holds a non-finite value ({values[index]}) at "
             f"index {list(index)} (sequence, step, channel); every value must be finite"
         )
-    limit = float(np.finfo(np.float32).max)
+    limit = FLOAT32_MAX
     if float32 and values.size and values.itemsize > 4 and float(np.abs(values).max()) > limit:
         index = tuple(int(i) for i in np.argwhere(np.abs(values) > limit)[0])
         raise ValueError(

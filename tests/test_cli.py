@@ -179,6 +179,18 @@ def test_generate_and_stream_refuse_the_wrong_kind_of_model(tmp_path, capsys, tr
     assert "holds a token model" in capsys.readouterr().err
 
 
+def test_generate_on_a_token_task_model_says_it_needs_a_text_model(tmp_path, capsys, tiny_flags):
+    run = tmp_path / "mqar"
+    flags = [*tiny_flags, "--seq-len", "16", "--task.num_kv_pairs", "2"]
+    argv = ["train", "--model", "transformer-small", "--task", "mqar", "--steps", "2"]
+    assert main([*argv, "--out", str(run), *flags]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "works on models trained on the text task" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_stream_prints_one_output_per_stdin_line(tmp_path, train):
     from memrnn.inference import prefill
     from memrnn.train import load_model

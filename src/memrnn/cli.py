@@ -473,8 +473,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if vocab is None:
         raise UsageError(
-            f"{folder} has no vocab.json, so the prompt cannot be encoded; "
-            "train the model again with this version of `memrnn train`"
+            f"{folder} has no vocab.json, so a text prompt cannot be encoded: generate "
+            "works on models trained on the text task (a token task such as mqar has no "
+            "characters; use `memrnn eval` for it)"
         )
     if not args.prompt:
         raise UsageError("--prompt must hold at least one character")

@@ -6,7 +6,9 @@ CUDA device: the interpreter is chosen when a kernel is defined (at import of
 where no CUDA device exists (where compiled kernels could not run anyway).
 """
 
+import hashlib
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -70,3 +72,22 @@ def tiny_flags() -> list[str]:
         "--seq-len", "10", "--batch-size", "4", "--eval-samples", "8", "--log-every", "1",
         "--model.d_model", "8", "--no-progress", "--tensorboard", "false",
     ]  # fmt: skip
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    """Every file and link under `folder` (links by their target, not followed)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            out[key] = "link:" + os.readlink(path)
+        elif path.is_file():
+            out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tree_hashes():
+    """`tree_hashes(folder)`: a digest of every file and link under a folder, to show that a
+    command left it unchanged."""
+    return _tree_hashes

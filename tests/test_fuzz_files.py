@@ -12,7 +12,6 @@ import hashlib
 import io
 import itertools
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -29,17 +28,6 @@ QUIET = ["--no-progress", "--tensorboard", "false"]
 counter = itertools.count()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _hashes(folder: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        if path.is_symlink():
-            out[key] = "link:" + os.readlink(path)
-        elif path.is_file():
-            out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 def _sibling(root: Path) -> Path:
@@ -204,20 +192,20 @@ data_files = st.one_of(
 )
 
 
-def _data_case(tmp_path_factory, suffix: str, data: bytes) -> None:
+def _data_case(tree_hashes, tmp_path_factory, suffix: str, data: bytes) -> None:
     root = tmp_path_factory.getbasetemp() / "fuzz-data"
     root.mkdir(exist_ok=True)
     sibling = _sibling(root)
     n = next(counter)
     path = root / f"data-{n}{suffix}"
     path.write_bytes(data)
-    before = (_hashes(sibling), hashlib.sha256(data).hexdigest())
+    before = (tree_hashes(sibling), hashlib.sha256(data).hexdigest())
     argv = ["train", "--model", "gru-small", "--task", "arrays", "--task.path", str(path)]
     argv += ["--steps", "1", "--out", str(root / f"run-{n}"), *SMALL, *QUIET]
     argv += ["--task.val_fraction", "0.25", "--task.test_fraction", "0.25"]
     code, err = _run_cli(argv)
     _check(code, err, argv)
-    assert (_hashes(sibling), hashlib.sha256(path.read_bytes()).hexdigest()) == before
+    assert (tree_hashes(sibling), hashlib.sha256(path.read_bytes()).hexdigest()) == before
     shutil.rmtree(root / f"run-{n}", ignore_errors=True)
     path.unlink()
 
@@ -231,15 +219,15 @@ FUZZ = dict(
 
 @settings(max_examples=200, **FUZZ)
 @given(case=data_files)
-def test_any_data_file_is_trained_or_refused_in_one_line(case, tmp_path_factory):
-    _data_case(tmp_path_factory, *case)
+def test_any_data_file_is_trained_or_refused_in_one_line(case, tmp_path_factory, tree_hashes):
+    _data_case(tree_hashes, tmp_path_factory, *case)
 
 
 @pytest.mark.slow
 @settings(max_examples=1200, **{**FUZZ, "derandomize": False})
 @given(case=data_files)
-def test_any_data_file_is_trained_or_refused_in_one_line_long(case, tmp_path_factory):
-    _data_case(tmp_path_factory, *case)
+def test_any_data_file_is_trained_or_refused_in_one_line_long(case, tmp_path_factory, tree_hashes):
+    _data_case(tree_hashes, tmp_path_factory, *case)
 
 
 @pytest.fixture(scope="module")
@@ -252,21 +240,27 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
-def _predict_case(trained: Path, tmp_path_factory, suffix: str, data: bytes, out: bool) -> None:
+def _predict_case(
+    tree_hashes, trained: Path, tmp_path_factory, suffix: str, data: bytes, out: bool
+) -> None:
     root = tmp_path_factory.getbasetemp() / "fuzz-predict"
     root.mkdir(exist_ok=True)
     sibling = _sibling(root)
     n = next(counter)
     path = root / f"input-{n}{suffix}"
     path.write_bytes(data)
-    before = (_hashes(sibling), _hashes(trained), hashlib.sha256(data).hexdigest())
+    before = (tree_hashes(sibling), tree_hashes(trained), hashlib.sha256(data).hexdigest())
     argv = ["predict", "--checkpoint", str(trained), "--input", str(path)]
     if out:
         argv += ["--out", str(root / f"preds-{n}.csv")]
     code, err = _run_cli(argv)
     assert code in (0, 2), (argv, code, err)
     _check(code, err, argv)
-    after = (_hashes(sibling), _hashes(trained), hashlib.sha256(path.read_bytes()).hexdigest())
+    after = (
+        tree_hashes(sibling),
+        tree_hashes(trained),
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
     assert after == before, argv
     (root / f"preds-{n}.csv").unlink(missing_ok=True)
     path.unlink()
@@ -275,18 +269,18 @@ def _predict_case(trained: Path, tmp_path_factory, suffix: str, data: bytes, out
 @settings(max_examples=40, **FUZZ)
 @given(case=data_files, out=st.booleans())
 def test_predict_on_any_input_file_answers_or_refuses_in_one_line(
-    case, out, trained, tmp_path_factory
+    case, out, trained, tmp_path_factory, tree_hashes
 ):
-    _predict_case(trained, tmp_path_factory, *case, out)
+    _predict_case(tree_hashes, trained, tmp_path_factory, *case, out)
 
 
 @pytest.mark.slow
 @settings(max_examples=600, **{**FUZZ, "derandomize": False})
 @given(case=data_files, out=st.booleans())
 def test_predict_on_any_input_file_answers_or_refuses_in_one_line_long(
-    case, out, trained, tmp_path_factory
+    case, out, trained, tmp_path_factory, tree_hashes
 ):
-    _predict_case(trained, tmp_path_factory, *case, out)
+    _predict_case(tree_hashes, trained, tmp_path_factory, *case, out)
 
 
 # -- tampered run folders ------------------------------------------------------------------------
@@ -366,7 +360,7 @@ def _tamper(run: Path, sibling: Path, target: str, how: str, payload, data) -> N
         path.write_bytes(_mutate(data.draw, path.read_bytes()))
 
 
-def _checkpoint_case(trained: Path, tmp_path_factory, case: tuple) -> None:
+def _checkpoint_case(tree_hashes, trained: Path, tmp_path_factory, case: tuple) -> None:
     target, how, payload, remanifest, command, data = case
     root = tmp_path_factory.getbasetemp() / "fuzz-ckpt-cases"
     root.mkdir(exist_ok=True)
@@ -376,7 +370,7 @@ def _checkpoint_case(trained: Path, tmp_path_factory, case: tuple) -> None:
     _tamper(run, sibling, target, how, payload, data)
     if remanifest and "/" in target:
         _remanifest(run / target.split("/")[0])
-    before = _hashes(sibling)
+    before = tree_hashes(sibling)
     stdin = ""
     if command == "eval":
         argv = ["eval", "--checkpoint", str(run), "--samples", "2"]
@@ -389,20 +383,22 @@ def _checkpoint_case(trained: Path, tmp_path_factory, case: tuple) -> None:
         argv = ["plot", "--run", str(run), "--out", str(run / "c.png")]
     code, err = _run_cli(argv, stdin)
     _check(code, err, argv)
-    assert _hashes(sibling) == before, argv
+    assert tree_hashes(sibling) == before, argv
     shutil.rmtree(run)
 
 
 @settings(max_examples=120, **FUZZ)
 @given(case=tamperings())
-def test_any_tampered_run_folder_is_used_or_refused_in_one_line(case, trained, tmp_path_factory):
-    _checkpoint_case(trained, tmp_path_factory, case)
+def test_any_tampered_run_folder_is_used_or_refused_in_one_line(
+    case, trained, tmp_path_factory, tree_hashes
+):
+    _checkpoint_case(tree_hashes, trained, tmp_path_factory, case)
 
 
 @pytest.mark.slow
 @settings(max_examples=1200, **{**FUZZ, "derandomize": False})
 @given(case=tamperings())
 def test_any_tampered_run_folder_is_used_or_refused_in_one_line_long(
-    case, trained, tmp_path_factory
+    case, trained, tmp_path_factory, tree_hashes
 ):
-    _checkpoint_case(trained, tmp_path_factory, case)
+    _checkpoint_case(tree_hashes, trained, tmp_path_factory, case)

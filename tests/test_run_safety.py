@@ -49,18 +49,6 @@ def _error(capsys) -> str:
     return lines[0]
 
 
-def _hashes(folder: Path) -> dict[str, str]:
-    """Every file and link under `folder` (links by their target, not followed)."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        if path.is_symlink():
-            out[key] = "link:" + os.readlink(path)
-        elif path.is_file():
-            out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
 def _dead_pid() -> int:
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     done.wait()
@@ -92,7 +80,9 @@ def _copy(run: Path, dest: Path) -> Path:
 
 
 # -- a run owns exactly what it wrote -----------------------------------------------------------
-def test_overwrite_never_removes_files_that_only_share_a_run_files_name(tmp_path, capsys):
+def test_overwrite_never_removes_files_that_only_share_a_run_files_name(
+    tmp_path, capsys, tree_hashes
+):
     out = tmp_path / "mine"
     (out / "best").mkdir(parents=True)
     (out / "best" / "model_v1.pt").write_bytes(b"my model")
@@ -101,15 +91,15 @@ def test_overwrite_never_removes_files_that_only_share_a_run_files_name(tmp_path
     (out / "eval_summary.json").write_text("{}")
     (out / ".notes.tmp-1").write_text("mine")
     (out / "config.yaml").write_text("mine: true\n")
-    before = _hashes(out)
+    before = tree_hashes(out)
     capsys.readouterr()
     assert _train(out, "--overwrite") == 2
     err = _error(capsys)
     assert "was not written by this run" in err and "move it away" in err
-    assert _hashes(out) == before
+    assert tree_hashes(out) == before
 
 
-def test_overwrite_keeps_other_files_and_says_so(tmp_path, capsys):
+def test_overwrite_keeps_other_files_and_says_so(tmp_path, capsys, tree_hashes):
     out = tmp_path / "run"
     assert _train(out) == 0
     (out / "tensorboard").mkdir()
@@ -119,7 +109,7 @@ def test_overwrite_keeps_other_files_and_says_so(tmp_path, capsys):
     (out / "last" / "my-notes.txt").write_text("mine")
     mine = {
         k: v
-        for k, v in _hashes(out).items()
+        for k, v in tree_hashes(out).items()
         if "mine" in k or k.startswith(("tens", "eval_s", ".notes"))
     }
     first = json.loads((out / "last" / "manifest.json").read_text())
@@ -133,7 +123,7 @@ def test_overwrite_keeps_other_files_and_says_so(tmp_path, capsys):
     assert _train(out, "--overwrite", "--steps", "3") == 0
     err = capsys.readouterr().err
     assert "kept 3 file(s)" in err and "eval_summary.json" in err
-    after = _hashes(out)
+    after = tree_hashes(out)
     assert {k: after.get(k) for k in mine if "my-notes" not in k} == {
         k: v for k, v in mine.items() if "my-notes" not in k
     }
@@ -188,7 +178,7 @@ def test_run_files_follow_the_umask(tmp_path):
 
 # -- no write through a link ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["metrics.csv", "config.yaml", "prev", "metrics.csv.tmp"])
-def test_resume_writes_nothing_through_a_link(trained, tmp_path, capsys, name):
+def test_resume_writes_nothing_through_a_link(trained, tmp_path, capsys, tree_hashes, name):
     run = _copy(trained, tmp_path / "run")
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -206,10 +196,10 @@ def test_resume_writes_nothing_through_a_link(trained, tmp_path, capsys, name):
         (run / name).unlink(missing_ok=True)
         target.write_text("precious")
     (run / name).symlink_to(target)
-    before = _hashes(outside)
+    before = tree_hashes(outside)
     capsys.readouterr()
     code = main(["train", "--out", str(run), "--resume", "--steps", "4"])
-    assert _hashes(outside) == before
+    assert tree_hashes(outside) == before
     if name == "metrics.csv.tmp":
         # No longer a name the run writes: the link is left alone and the run goes on.
         assert code == 0 and (run / name).is_symlink()
@@ -219,20 +209,22 @@ def test_resume_writes_nothing_through_a_link(trained, tmp_path, capsys, name):
     assert not (run / ".last.old").exists()
 
 
-def test_plots_and_eval_results_are_not_written_through_links(trained, tmp_path, capsys):
+def test_plots_and_eval_results_are_not_written_through_links(
+    trained, tmp_path, capsys, tree_hashes
+):
     run = _copy(trained, tmp_path / "run")
     outside = tmp_path / "outside"
     outside.mkdir()
     for name in ("curves.png", "states.png"):
         (outside / name).write_text("precious")
         (run / name).symlink_to(outside / name)
-    before = _hashes(outside)
+    before = tree_hashes(outside)
     capsys.readouterr()
     assert main(["plot", "--run", str(run)]) == 2
     assert "curves.png' was not written by this run" in _error(capsys)
     assert main(["plot", "--checkpoint", str(run), "--states"]) == 2
     assert "states.png' was not written by this run" in _error(capsys)
-    assert _hashes(outside) == before
+    assert tree_hashes(outside) == before
     eval_files = [p.name for p in run.glob("eval_*.json")]
     assert main(["eval", "--checkpoint", str(run)]) == 0
     written = [p for p in run.glob("eval_*.json") if p.name not in eval_files]
@@ -241,10 +233,10 @@ def test_plots_and_eval_results_are_not_written_through_links(trained, tmp_path,
         path.unlink()
         (outside / path.name).write_text("precious")
         path.symlink_to(outside / path.name)
-    before = _hashes(outside)
+    before = tree_hashes(outside)
     assert main(["eval", "--checkpoint", str(run)]) == 0
     assert "result not saved" in capsys.readouterr().err
-    assert _hashes(outside) == before
+    assert tree_hashes(outside) == before
     # A plot in a folder that is no run's: a link there is refused all the same.
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -254,7 +246,7 @@ def test_plots_and_eval_results_are_not_written_through_links(trained, tmp_path,
     (plain / "curves.png").symlink_to(outside / "curves.png")
     assert main(["plot", "--run", str(plain)]) == 2
     assert "symbolic link" in _error(capsys)
-    assert _hashes(outside) == before
+    assert tree_hashes(outside) == before
 
 
 def test_the_write_probe_and_atomic_writes_never_open_an_existing_file(tmp_path):
@@ -339,18 +331,18 @@ def test_a_stale_lock_has_one_taker_in_1000_racing_take_overs(tmp_path):
 
 
 # -- resume checks what it will use ------------------------------------------------------------
-def test_resume_after_editing_config_yaml_is_refused(trained, tmp_path, capsys):
+def test_resume_after_editing_config_yaml_is_refused(trained, tmp_path, capsys, tree_hashes):
     run = _copy(trained, tmp_path / "run")
     text = (run / "config.yaml").read_text()
     for edit in (("lr: 0.003", "lr: 0.03"), ("task: flip-flop", "task: copy-first-input")):
         assert edit[0] in text
         (run / "config.yaml").write_text(text.replace(*edit))
-        before = _hashes(run)
+        before = tree_hashes(run)
         capsys.readouterr()
         assert main(["train", "--out", str(run), "--resume", "--steps", "4"]) == 2
         err = _error(capsys)
         assert "--resume would change what the run" in err and edit[0].split(":")[0] in err
-        assert _hashes(run) == before
+        assert tree_hashes(run) == before
     (run / "config.yaml").write_text(text)
     assert main(["train", "--out", str(run), "--resume", "--steps", "4"]) == 0
 

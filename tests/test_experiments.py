@@ -262,3 +262,34 @@ def test_merge_adds_partial_invocations_up_to_one_table(
     other.write_text(cfg.read_text().replace("name: tiny", "name: other"))
     assert run.main([str(other), "--merge", "--out", str(out), "--models", "lru"]) == 2
     assert "holds results of ['tiny'], not of 'other'" in capsys.readouterr().err
+
+
+def _floats_per_sequence(state: object) -> int:
+    """Numbers one sequence carries in `state` (floating tensors; a complex one counts 2)."""
+    if torch.is_tensor(state):
+        if not (state.is_floating_point() or state.is_complex()):
+            return 0  # step counters
+        return state[0].numel() * (2 if state.is_complex() else 1)
+    if isinstance(state, (tuple, list)):
+        return sum(_floats_per_sequence(s) for s in state)
+    return 0
+
+
+def test_mqar_state_gives_every_model_the_same_state_per_layer() -> None:
+    """The equal-state MQAR table is only fair if each layer carries exactly the numbers its
+    description says (1 024), measured after a 32-step prefill (longer than the window of 8:
+    every state here has its full size by then)."""
+    from memrnn.models.registry import create_model_for_task
+    from memrnn.tasks.registry import create_task
+
+    cfg = run.load_config("mqar-state")
+    key, values = run.sweep_values(cfg)
+    task = create_task(cfg["task"], **{**cfg["task_kwargs"], key: values[0]})
+    x = torch.randint(0, 256, (1, 32))
+    for label, spec in cfg["models"].items():
+        model = create_model_for_task(spec["model"], task, **spec.get("overrides", {}))
+        net = getattr(model, "net", model)
+        with torch.no_grad():
+            _, state = net(x)
+        per_layer = [_floats_per_sequence(layer) for layer in state.layers]
+        assert per_layer == [1024] * len(per_layer), (label, per_layer)

@@ -16,6 +16,8 @@ experiments/results/<name>, or experiments/results/<name>-quick with --quick):
     results.md   mean ± std over seeds per model, the command, machine, seeds and run times,
                  and a separate "paper" column where the config quotes a published number
     results.png  the reported metric per model (vs the sweep value or evaluation length)
+Notes written below the table of results.md under a `## ` heading are kept when it is written
+again.
 """
 
 from __future__ import annotations
@@ -538,7 +540,21 @@ def write_outputs(
     lines += ["", summary_table(cfg, rows, metrics) if rows else "(no runs)", ""]
     if plot_path:
         lines += [f"![{cfg['name']}](results.png)", ""]
+    notes = written_notes(out / "results.md")
+    if notes:
+        lines += [notes, ""]
     (out / "results.md").write_text("\n".join(lines))
+
+
+def written_notes(path: Path) -> str:
+    """The part of an earlier results.md from its first `## ` heading on: notes written by
+    hand below the generated table, which a later invocation (e.g. --merge) keeps."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+    at = text.find("\n## ")
+    return text[at + 1 :].rstrip() if at >= 0 else ""
 
 
 def machine() -> str:

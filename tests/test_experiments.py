@@ -255,9 +255,14 @@ def test_merge_adds_partial_invocations_up_to_one_table(
     assert "PARTIAL run (models bmru, lru of" not in md and "| bmru |" in md and "| lru |" in md
     assert "1 runs kept" in md and "3 of the 4 runs of that grid" in md
     assert "train_len=6" in md and "train_len=9" in md
+    # Notes written below the table survive the next invocation, once.
+    (out / "results.md").write_text(md + "\n## Notes\n\nWritten by hand.\n")
     # A run done again replaces its earlier rows instead of adding a second copy.
     assert run.main([str(cfg), "--merge", "--out", str(out), "--models", "lru"]) == 0
     assert runs() == [("bmru", "6", "0"), ("lru", "6", "0"), ("lru", "9", "0")]
+    md = (out / "results.md").read_text()
+    assert md.count("## Notes\n\nWritten by hand.") == 1 and md.count("| lru |") == 1
+    assert md.index("| lru |") < md.index("## Notes")
     other = tmp_path / "other.yaml"
     other.write_text(cfg.read_text().replace("name: tiny", "name: other"))
     assert run.main([str(other), "--merge", "--out", str(out), "--models", "lru"]) == 2

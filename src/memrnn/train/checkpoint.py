@@ -366,7 +366,8 @@ def find_good_checkpoint(path: str | Path, tag: str = "last") -> tuple[Path, lis
             try:
                 verify_checkpoint(folder)
                 return folder, skipped
-            except CheckpointError as err:
+            except (CheckpointError, FileNotFoundError) as err:
+                # A file gone while it was read: the folder was renamed away (retried below).
                 skipped.append(str(err))
         if attempt == RETRIES or identity == [_identity(f) for f in found]:
             break
@@ -380,12 +381,20 @@ RETRIES = 4
 RETRY_WAIT = 0.05
 
 
-def _identity(folder: Path) -> tuple[int, int] | None:
+def _identity(folder: Path) -> tuple[int, int, bytes | None] | None:
+    """What tells one checkpoint folder from the next one saved under its name: inode and
+    mtime alone do not (a new folder can reuse the freed inode within one clock tick), so its
+    manifest, which hashes the step's training state, is part of it."""
     try:
         st = os.stat(folder)
-        return st.st_ino, st.st_mtime_ns
     except OSError:
         return None
+    try:
+        with open(folder / MANIFEST, "rb") as f:
+            manifest: bytes | None = f.read(1 << 20)
+    except OSError:
+        manifest = None
+    return st.st_ino, st.st_mtime_ns, manifest
 
 
 def load_model(

@@ -41,6 +41,19 @@ def _sibling(root: Path) -> Path:
     return sibling
 
 
+def _case_file(
+    tmp_path_factory, folder: str, stem: str, suffix: str, data: bytes
+) -> tuple[Path, Path, int, Path]:
+    """(root, sibling, case number, path): `data` written to a new file of one fuzz case."""
+    root = tmp_path_factory.getbasetemp() / folder
+    root.mkdir(exist_ok=True)
+    sibling = _sibling(root)
+    n = next(counter)
+    path = root / f"{stem}-{n}{suffix}"
+    path.write_bytes(data)
+    return root, sibling, n, path
+
+
 def _run_cli(argv: list[str], stdin: str = "") -> tuple[int, str]:
     """`main(argv)` in this process: (exit status, stderr). Any exception escapes."""
     err, out = io.StringIO(), io.StringIO()
@@ -193,12 +206,7 @@ data_files = st.one_of(
 
 
 def _data_case(tree_hashes, tmp_path_factory, suffix: str, data: bytes) -> None:
-    root = tmp_path_factory.getbasetemp() / "fuzz-data"
-    root.mkdir(exist_ok=True)
-    sibling = _sibling(root)
-    n = next(counter)
-    path = root / f"data-{n}{suffix}"
-    path.write_bytes(data)
+    root, sibling, n, path = _case_file(tmp_path_factory, "fuzz-data", "data", suffix, data)
     before = (tree_hashes(sibling), hashlib.sha256(data).hexdigest())
     argv = ["train", "--model", "gru-small", "--task", "arrays", "--task.path", str(path)]
     argv += ["--steps", "1", "--out", str(root / f"run-{n}"), *SMALL, *QUIET]
@@ -243,12 +251,7 @@ def trained(tmp_path_factory) -> Path:
 def _predict_case(
     tree_hashes, trained: Path, tmp_path_factory, suffix: str, data: bytes, out: bool
 ) -> None:
-    root = tmp_path_factory.getbasetemp() / "fuzz-predict"
-    root.mkdir(exist_ok=True)
-    sibling = _sibling(root)
-    n = next(counter)
-    path = root / f"input-{n}{suffix}"
-    path.write_bytes(data)
+    root, sibling, n, path = _case_file(tmp_path_factory, "fuzz-predict", "input", suffix, data)
     before = (tree_hashes(sibling), tree_hashes(trained), hashlib.sha256(data).hexdigest())
     argv = ["predict", "--checkpoint", str(trained), "--input", str(path)]
     if out:

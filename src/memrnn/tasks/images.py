@@ -307,7 +307,20 @@ class SpikingDigits(_ImageTask):
         return load_digits_images(seed=self.seed)[split]
 
 
-class SpikingMNIST(_ImageTask):
+class _FolderData:
+    """For tasks read from a folder: `recorded_kwargs` pins a run to the folder's absolute path
+    and the SHA-256 of its files (`self.data_dir`, `self.sha256`, None when files are missing)."""
+
+    data_dir: Path
+    sha256: str | None
+
+    def recorded_kwargs(self) -> dict[str, Any]:
+        if self.sha256 is None:
+            return {}
+        return {"data_dir": str(self.data_dir), "sha256": self.sha256}
+
+
+class SpikingMNIST(_FolderData, _ImageTask):
     """MNIST or Fashion-MNIST (`kind`) read from IDX files in `data_dir`, rate-encoded.
 
     Inputs (B, n_empty + n_steps, 784) spikes; 10 classes read at the last step.
@@ -336,12 +349,6 @@ class SpikingMNIST(_ImageTask):
         self.sha256 = mnist_sha256(self.data_dir)
         check_recorded_digest("SpikingMNIST", self.data_dir, self.sha256, sha256)
 
-    def recorded_kwargs(self) -> dict[str, Any]:
-        """The data folder's absolute path and the SHA-256 of its IDX files."""
-        if self.sha256 is None:
-            return {}
-        return {"data_dir": str(self.data_dir), "sha256": self.sha256}
-
     def _data(self, split: str) -> tuple[Tensor, Tensor]:
         if split == "test":
             images, labels = load_mnist(self.data_dir, "test", self.kind)
@@ -350,7 +357,7 @@ class SpikingMNIST(_ImageTask):
         return images.reshape(len(images), -1).float() / 255.0, labels
 
 
-class NMNIST(_ImageTask):
+class NMNIST(_FolderData, _ImageTask):
     """N-MNIST event recordings from `data_dir` (tonic layout), binned into `n_time_bins`
     frames of 2×34×34 event counts (clipped to 1, so inputs stay spike-like)."""
 
@@ -369,12 +376,6 @@ class NMNIST(_ImageTask):
         # Recorded with a run (`recorded_kwargs`): eval and --resume refuse other data.
         self.sha256 = nmnist_sha256(self.data_dir)
         check_recorded_digest("NMNIST", self.data_dir, self.sha256, sha256)
-
-    def recorded_kwargs(self) -> dict[str, Any]:
-        """The data folder's absolute path and the SHA-256 of its recordings."""
-        if self.sha256 is None:
-            return {}
-        return {"data_dir": str(self.data_dir), "sha256": self.sha256}
 
     def _data(self, split: str) -> tuple[Tensor, Tensor]:
         if split == "test":
